@@ -1,0 +1,39 @@
+"""Configuration from environment variables (pydantic-settings), shared by the CLI and service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from iou_maps.grid import DEFAULT_ANALYSIS_ZOOM
+
+
+class Settings(BaseSettings):
+    """Every knob of IoU Maps; each is an environment variable (``IOU_MAPS_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="IOU_MAPS_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="Storms, models and embedded Redis.")
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "IOU_MAPS_REDIS_URL"),
+        description="Redis server URL; unset: an embedded Redis under the data directory.",
+    )
+    model: str = Field(default="demo", description="Model name under <data_dir>/models.")
+    analysis_zoom: int = Field(default=DEFAULT_ANALYSIS_ZOOM, ge=10, le=22)
+    compute_budget: int = Field(
+        default=64, ge=0, description="Most analysis tiles one request may compute."
+    )
+    cors_origins: list[str] = Field(default=["*"], description="Allowed CORS origins.")
+    host: str = Field(default="127.0.0.1")
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @property
+    def storms_dir(self) -> Path:
+        return self.data_dir / "storms"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
