@@ -377,10 +377,10 @@ def _read_with_corners(src: SourceScene) -> Raster:
             rgb = ds.read([1, 2, 3])
     h, w = rgb.shape[1:]
     gcps = [
-        GroundControlPoint(row=0, col=0, x=c["ul_lon"], y=c["ul_lat"]),
-        GroundControlPoint(row=0, col=w, x=c["ur_lon"], y=c["ur_lat"]),
-        GroundControlPoint(row=h, col=w, x=c["lr_lon"], y=c["lr_lat"]),
-        GroundControlPoint(row=h, col=0, x=c["ll_lon"], y=c["ll_lat"]),
+        GroundControlPoint(row=0, col=0, x=c["ul_lon"], y=c["ul_lat"], z=0.0),
+        GroundControlPoint(row=0, col=w, x=c["ur_lon"], y=c["ur_lat"], z=0.0),
+        GroundControlPoint(row=h, col=w, x=c["lr_lon"], y=c["lr_lat"], z=0.0),
+        GroundControlPoint(row=h, col=0, x=c["ll_lon"], y=c["ll_lat"], z=0.0),
     ]
     lons = [g.x for g in gcps]
     lats = [g.y for g in gcps]
@@ -440,6 +440,7 @@ def _write_cog(
                     ds, tmp, cog_profile, nodata=nodata, overview_resampling=overview_resampling,
                     in_memory=True, quiet=True, forward_ns_tags=True,
                 )  # fmt: skip
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the service may run as another user
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
@@ -450,7 +451,7 @@ def footprint(valid: np.ndarray, transform: Affine, crs: RioCRS) -> shapely.Geom
     """The valid-data area as a (multi)polygon in EPSG:4326 — not just the bounding box."""
     step = max(1, int(np.ceil(max(valid.shape) / FOOTPRINT_MASK_SIZE)))
     small = np.ascontiguousarray(valid[::step, ::step]).astype(np.uint8)
-    t = transform * Affine.scale(step)
+    t = transform @ Affine.scale(step)
     polys = [shape(g) for g, v in shapes(small, mask=small > 0, transform=t) if v == 1]
     if not polys:
         raise ValueError("scene has no valid pixels")
@@ -479,6 +480,7 @@ def _write_catalog(path: Path, gdf: gpd.GeoDataFrame) -> None:
     os.close(fd)
     try:
         gdf.to_parquet(tmp, index=False)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

