@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import mercantile
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -131,6 +133,240 @@ def storms(data_dir: DataDir = None) -> None:
     for row in summary.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     out.print(table)
+
+
+Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs (default: config).")]
+
+
+@app.command("train-segmentation")
+def train_segmentation_cmd(
+    storms: Annotated[list[str], typer.Argument(help="Storms with labels to train on.")],
+    out_name: Annotated[str, typer.Option("--out", help="Model name to write.")] = "demo",
+    config: Annotated[
+        Path | None, typer.Option(help="segmentation_gym config JSON (default: demo config).")
+    ] = None,
+    epochs: Epochs = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Train a segmentation_gym-compatible UNet on the storms' labelled analysis tiles."""
+    from iou_maps.models import segmentation_dir, validate_model_name
+    from iou_maps.segmentation import SegmentationConfig, demo_config, save_segmentation
+    from iou_maps.segmentation import train_segmentation as train
+
+    s = settings(data_dir)
+    validate_model_name(out_name)
+    cfg = (
+        SegmentationConfig.from_json(config)
+        if config
+        else SegmentationConfig.from_dict(demo_config())
+    )
+    catalog = Catalog(s.data_dir)
+    chip_sets = [
+        _chips_with_progress(_storm_or_exit(catalog, name), s.analysis_zoom) for name in storms
+    ]
+    images = np.concatenate([c.images for c in chip_sets])
+    labels = np.concatenate([c.labels for c in chip_sets])
+    if not len(images):
+        raise fail("no labelled analysis tiles in those storms")
+    n_epochs = epochs or int(cfg.raw.get("MAX_EPOCHS", 10))
+    out.print(f"training {cfg.model} on {len(images)} chips for {n_epochs} epochs")
+    with progress_bar() as bar:
+        task = bar.add_task("train-segmentation", total=n_epochs, rate="")
+        cb = _EpochProgress(
+            lambda logs: bar.update(
+                task,
+                advance=1,
+                rate=f"loss {logs.get('loss', 0):.3f} val_acc {logs.get('val_accuracy', 0):.3f}",
+            )
+        )
+        seg, history = train(images, labels, cfg, epochs=n_epochs, seed=seed, callbacks=[cb])
+    target = segmentation_dir(s.data_dir, out_name)
+    save_segmentation(seg, target)
+    acc = history.get("val_accuracy", [float("nan")])[-1]
+    out.print(f"saved segmentation model {out_name!r} to {target} (val accuracy {acc:.3f})")
+
+
+class _EpochProgress:
+    """A Keras callback advancing a Rich bar each epoch (Keras' own bar floods logs)."""
+
+    def __new__(cls, on_epoch):
+        import keras
+
+        class _Cb(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                on_epoch(logs or {})
+
+        return _Cb()
+
+
+def _chips_with_progress(storm, zoom: int, labelled: bool = True):
+    from iou_maps.evaluation import read_chips
+    from iou_maps.grid import tiles_intersecting
+
+    tiles = tiles_intersecting(storm.coverage, zoom)
+    with progress_bar() as bar:
+        task = bar.add_task(f"read {storm.name}", total=len(tiles), rate="")
+        return read_chips(
+            storm, zoom, labelled=labelled, tiles=tiles, progress=lambda n: bar.advance(task, n)
+        )
+
+
+@app.command()
+def evaluate(
+    storm: Annotated[str, typer.Argument(help="Storm with labels.", callback=storm_name)],
+    model: Annotated[str, typer.Option(help="Model name (its segmentation part).")] = "demo",
+    out_file: Annotated[Path, typer.Option("--out", help="GeoParquet table to write.")] = Path(
+        "evaluation.parquet"
+    ),
+    data_dir: DataDir = None,
+) -> None:
+    """True metrics of the segmentation model on every labelled analysis tile of a storm.
+
+    Writes the GeoParquet table, a per-scene summary CSV beside it (``*_scenes.csv``) and the
+    "model example output" figure (``*_examples.png``).
+    """
+    from iou_maps.evaluation import evaluate_chips, example_figure, scene_summary
+    from iou_maps.models import ModelNotFound, load_segmentation_model
+
+    s = settings(data_dir)
+    st = _storm_or_exit(Catalog(s.data_dir), storm)
+    try:
+        seg = load_segmentation_model(s.data_dir, model)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+    chips = _chips_with_progress(st, s.analysis_zoom)
+    if not len(chips):
+        raise fail(f"storm {storm!r} has no labelled analysis tiles")
+    with console.status(f"segmenting {len(chips)} tiles"):
+        table = evaluate_chips(chips, seg.predict)
+    preds = table.attrs.pop("predictions")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.part")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(out_file)
+    summary = scene_summary(table)
+    summary_path = out_file.with_name(f"{out_file.stem}_scenes.csv")
+    summary.to_csv(summary_path, index=False)
+    figure = out_file.with_name(f"{out_file.stem}_examples.png")
+    example_figure(chips, preds, table, figure)
+    out.print(
+        f"{len(table)} tiles: mIoU mean {table['miou'].mean():.3f} std {table['miou'].std():.3f}"
+        f"; wrote {out_file}, {summary_path}, {figure}"
+    )
+
+
+@app.command("train-regressor")
+def train_regressor_cmd(
+    segmentation: Annotated[str, typer.Option(help="Segmentation model name to cut.")],
+    tables: Annotated[list[Path], typer.Option("--table", help="Tables from `evaluate`.")],
+    out_name: Annotated[str, typer.Option("--out", help="Model name to write.")] = "demo",
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 400,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Train the metric regressor on `evaluate` tables (validation split by scene)."""
+    import geopandas as gpd
+
+    from iou_maps.classes import METRICS
+    from iou_maps.models import (
+        ModelNotFound,
+        load_segmentation_model,
+        regressor_dir,
+        validate_model_name,
+    )  # fmt: skip
+    from iou_maps.regressor import plot_report, save_regressor, train_regressor
+
+    s = settings(data_dir)
+    validate_model_name(out_name)
+    try:
+        seg = load_segmentation_model(s.data_dir, segmentation)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+    catalog = Catalog(s.data_dir)
+    images, targets, scene_sets, sources = [], [], [], []
+    for path in tables:
+        if not path.is_file():
+            raise fail(f"no such table: {path}")
+        table = gpd.read_parquet(path)
+        for storm_name, part in table.groupby("storm"):
+            st = _storm_or_exit(catalog, str(storm_name))
+            tiles = [mercantile.Tile(int(r.x), int(r.y), int(r.z)) for r in part.itertuples()]
+            chips = _chips_with_progress_tiles(st, tiles)
+            index = {t: i for i, t in enumerate(chips.tiles)}
+            rows = [i for i, t in enumerate(tiles) if t in index]
+            images.append(chips.images[[index[tiles[i]] for i in rows]])
+            targets.append(part[list(METRICS)].to_numpy(np.float32)[rows])
+            scene_sets.extend(
+                frozenset(f"{storm_name}/{x}" for x in str(v).split(",") if x)
+                for v in part["scenes"].iloc[rows]
+            )
+            sources.append({"table": str(path), "storm": str(storm_name), "tiles": len(rows)})
+    x, y = np.concatenate(images), np.concatenate(targets)
+    with console.status(f"training regressor head on {len(x)} tiles"):
+        model, report = train_regressor(seg, x, y, scene_sets, epochs=epochs, seed=seed)
+    scores = report["scores"]
+    metadata = {
+        "segmentation": segmentation,
+        "input_size": list(seg.cfg.target_size),
+        "analysis_zoom": s.analysis_zoom,
+        "preprocessing": "bilinear resize to input_size, then per-image standardisation "
+        "(x - mean) / max(std, 1/sqrt(N)) as segmentation_gym",
+        "training_data": sources,
+        "validation": {
+            k: report[k]
+            for k in ("train_tiles", "val_tiles", "val_scenes", "epochs_run", "best_val_loss")
+        },
+        "validation_scores": scores,
+    }
+    reg = save_regressor(model, metadata, regressor_dir(s.data_dir, out_name))
+    plot_path = regressor_dir(s.data_dir, out_name) / "validation.png"
+    plot_report(report, plot_path)
+    m = scores["miou"]
+    out.print(
+        f"regressor {out_name!r} (model id {reg.model_id}): validation mIoU MAE {m['mae']:.3f}, "
+        f"r {m['pearson_r']:.2f}, constant-mean MAE {m['baseline_mae']:.3f}; report {plot_path}"
+    )
+
+
+def _chips_with_progress_tiles(storm, tiles):
+    from iou_maps.evaluation import read_chips
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"read {storm.name}", total=len(tiles), rate="")
+        return read_chips(
+            storm, tiles[0].z if tiles else 18, labelled=False, tiles=tiles,
+            progress=lambda n: bar.advance(task, n),
+        )  # fmt: skip
+
+
+@app.command()
+def predict(
+    storm: Annotated[str, typer.Argument(help="Storm name.", callback=storm_name)],
+    model: Annotated[str, typer.Option(help="Model name (its regressor).")] = "demo",
+    out_file: Annotated[
+        Path, typer.Option("--out", help="Output .parquet (.geojson and .csv beside it).")
+    ] = Path("predictions.parquet"),
+    data_dir: DataDir = None,
+) -> None:
+    """Predicted metrics for every analysis tile of a storm → GeoParquet, GeoJSON, CSV."""
+    from iou_maps.models import ModelNotFound, load_regressor_model
+    from iou_maps.prediction import predict_table, write_exports
+
+    s = settings(data_dir)
+    st = _storm_or_exit(Catalog(s.data_dir), storm)
+    try:
+        reg = load_regressor_model(s.data_dir, model)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+    chips = _chips_with_progress(st, reg.analysis_zoom, labelled=False)
+    with console.status(f"predicting {len(chips)} tiles"):
+        table = predict_table(chips, reg.predict, reg.model_id)
+    paths = write_exports(table, out_file)
+    out.print(
+        f"{len(table)} tiles, predicted mIoU mean {table['miou'].mean():.3f}; wrote "
+        + ", ".join(str(p) for p in paths)
+    )
 
 
 def _storm_or_exit(catalog: Catalog, name: str):

@@ -1,0 +1,52 @@
+"""Where models live under the data directory, and loading them by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iou_maps.catalog import STORM_NAME_RE
+
+MODEL_NAME_RE = STORM_NAME_RE  # same rule: a plain folder name, no path tricks
+
+
+class ModelNotFound(LookupError):
+    """No model of that name (or not the part asked for) under the data directory."""
+
+
+def validate_model_name(name: str) -> str:
+    if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid model name {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-'"
+        )
+    return name
+
+
+def model_dir(data_dir: Path, name: str) -> Path:
+    return Path(data_dir) / "models" / validate_model_name(name)
+
+
+def segmentation_dir(data_dir: Path, name: str) -> Path:
+    return model_dir(data_dir, name) / "segmentation"
+
+
+def regressor_dir(data_dir: Path, name: str) -> Path:
+    return model_dir(data_dir, name) / "regressor"
+
+
+def load_segmentation_model(data_dir: Path, name: str):
+    from iou_maps.segmentation import load_segmentation
+
+    path = segmentation_dir(data_dir, name)
+    if not path.is_dir():
+        raise ModelNotFound(f"no segmentation model {name!r} (looked in {path})")
+    return load_segmentation(path)
+
+
+def load_regressor_model(data_dir: Path, name: str):
+    """The regressor of model ``name``, checked against its segmentation model's classes."""
+    from iou_maps.regressor import load_regressor
+
+    path = regressor_dir(data_dir, name)
+    if not path.is_dir():
+        raise ModelNotFound(f"no metric regressor {name!r} (looked in {path})")
+    return load_regressor(path)
