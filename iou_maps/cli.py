@@ -369,6 +369,32 @@ def predict(
     )
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default: $IOU_MAPS_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: $IOU_MAPS_PORT or 8000).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the tile service (imagery + metric tiles, point lookup, viewer at /)."""
+    import uvicorn
+
+    s = settings(data_dir)
+    if host is not None:
+        s.host = host
+    if port is not None:
+        s.port = port
+    # The library never imports the web layer at module level; the CLI is the seam.
+    from service.app import create_app
+
+    app_ = create_app(s)
+    out.print(f"IoU Maps viewer: http://{s.host}:{s.port}/")
+    uvicorn.run(app_, host=s.host, port=s.port, log_level="info")
+
+
 def _storm_or_exit(catalog: Catalog, name: str):
     try:
         return catalog.storm(name)

@@ -84,3 +84,63 @@ def redis_url(redis_server: RedisProcess) -> str:
     """A flushed database on the shared private server."""
     redis_server.client().flushdb()
     return redis_server.url
+
+
+# --------------------------------------------------------------------------- storm + models
+
+
+class ServedData:
+    """A data directory with one small ingested storm and a small real (untrained) model."""
+
+    storm = "alpha"
+    model = "tiny"
+
+    def __init__(self, data_dir: Path, source_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.source_dir = source_dir
+
+
+def tiny_segmentation():
+    """A real segmentation_gym-style resunet, small enough to build in a second."""
+    from iou_maps.segmentation import (
+        SegmentationConfig,
+        SegmentationModel,
+        build_model,
+        demo_config,
+    )
+
+    cfg = demo_config()
+    cfg.update(TARGET_SIZE=[64, 64], FILTERS=4)
+    config = SegmentationConfig.from_dict(cfg)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return SegmentationModel(config, build_model(config))
+
+
+def make_served_data(root: Path, scenes: int = 4, size: int = 512, seed: int = 3) -> ServedData:
+    from iou_maps.catalog import ingest
+    from iou_maps.models import regressor_dir, segmentation_dir
+    from iou_maps.regressor import build_regressor, save_regressor
+    from iou_maps.segmentation import save_segmentation
+    from iou_maps.synthetic import generate_storm
+
+    data = ServedData(root / "data", root / "source")
+    generate_storm(ServedData.storm, data.source_dir, scenes=scenes, seed=seed, size=size)
+    report = ingest(data.data_dir, ServedData.storm, [data.source_dir])
+    assert len(report.ingested) == scenes, report.skipped
+    seg = tiny_segmentation()
+    save_segmentation(seg, segmentation_dir(data.data_dir, ServedData.model))
+    reg = build_regressor(seg)
+    save_regressor(
+        reg,
+        {"input_size": list(seg.cfg.target_size), "analysis_zoom": 18, "segmentation": "tiny"},
+        regressor_dir(data.data_dir, ServedData.model),
+    )
+    return data
+
+
+@pytest.fixture(scope="session")
+def served_data(tmp_path_factory: pytest.TempPathFactory) -> ServedData:
+    """Built once per test session; tests must not modify it (copy it if they need to)."""
+    return make_served_data(tmp_path_factory.mktemp("served"))
