@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+# TensorFlow's C++ start-up chatter buries the progress bars; keep warnings and errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 console = Console(stderr=True)
 out = Console()
 
@@ -369,6 +373,82 @@ def predict(
     )
 
 
+def _parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
+    if value is None:
+        return None
+    try:
+        w, s, e, n = (float(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"bbox must be W,S,E,N numbers, got {value!r}") from None
+    if not (w < e and s < n):
+        raise typer.BadParameter(f"bbox must have W < E and S < N, got {value!r}")
+    return w, s, e, n
+
+
+@app.command("precompute")
+def precompute_cmd(
+    storm: Annotated[str, typer.Argument(help="Storm name.", callback=storm_name)],
+    bbox: Annotated[str | None, typer.Option(help="Only tiles in W,S,E,N (EPSG:4326).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per regressor call.")] = 64,
+    workers: Annotated[int, typer.Option(min=1, help="Imagery reader threads.")] = 4,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Recompute cached tiles.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Model name (default: $IOU_MAPS_MODEL).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Fill the cache for a storm: every analysis tile, then the lower-zoom aggregates.
+
+    Resumable: a re-run skips what is cached for this model. Exit status 1 if any tile failed.
+    """
+    from iou_maps.engine import open_engine
+    from iou_maps.models import ModelNotFound
+    from iou_maps.precompute import CacheUnavailable, precompute
+
+    s = settings(data_dir)
+    if model:
+        s.model = model
+    box = _parse_bbox(bbox)
+    catalog = Catalog(s.data_dir)
+    _storm_or_exit(catalog, storm)
+    try:
+        engine = open_engine(s)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+    started = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task(f"precompute {storm}", total=None, rate="")
+
+        def on_progress(done: int, total: int) -> None:
+            rate = engine.tiles_computed / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=done, total=total, rate=f"{rate:.1f} tiles/s")
+
+        try:
+            summary = precompute(
+                engine, storm, bbox=box, batch_size=batch_size, workers=workers,
+                refresh=refresh, progress=on_progress,
+            )  # fmt: skip
+        except CacheUnavailable as exc:
+            raise fail(str(exc)) from None
+    table = Table(title=f"precompute {storm} (model {summary.model_id})", show_header=False)
+    for name, value in (
+        ("analysis tiles", summary.total),
+        ("computed", summary.computed),
+        ("already cached", summary.already_cached),
+        ("without imagery", summary.no_imagery),
+        ("failed", summary.failed),
+        ("aggregates written", summary.aggregated),
+        ("time", f"{summary.seconds:.1f} s"),
+        ("tiles/s", f"{summary.tiles_per_second:.1f}"),
+    ):
+        table.add_row(name, str(value))
+    out.print(table)
+    for line in summary.failures[:20]:
+        console.print(f"[red]failed[/red] {line}", soft_wrap=True, markup=True, highlight=False)
+    if summary.failed:
+        raise fail(f"{summary.failed} tile(s) failed; the others are stored", 1)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -387,12 +467,11 @@ def serve(
         s.host = host
     if port is not None:
         s.port = port
-    # The library never imports the web layer at module level; the CLI is the seam.
-    from service.app import create_app
-
-    app_ = create_app(s)
+    # The library never imports the web layer: uvicorn loads the app factory by name, and
+    # the factory reads the same settings from the environment.
+    os.environ["IOU_MAPS_DATA_DIR"] = str(s.data_dir)
     out.print(f"IoU Maps viewer: http://{s.host}:{s.port}/")
-    uvicorn.run(app_, host=s.host, port=s.port, log_level="info")
+    uvicorn.run("service.app:app_from_env", factory=True, host=s.host, port=s.port)
 
 
 def _storm_or_exit(catalog: Catalog, name: str):

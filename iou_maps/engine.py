@@ -28,9 +28,10 @@ from mercantile import Tile
 
 from iou_maps.catalog import Catalog, Storm
 from iou_maps.classes import NMETRICS
+from iou_maps.config import Settings
 from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
 from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
-from iou_maps.mosaic import StormBackend, read_tile
+from iou_maps.mosaic import SceneReadError, StormBackend, read_tile
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,10 @@ class MetricEngine:
         try:
             img = read_tile(backend, tile.x, tile.y, tile.z)
         except Exception as exc:  # rasterio/rio-tiler raise many types for a bad file
+            reason = str(exc) if isinstance(exc, SceneReadError) else f"{type(exc).__name__}: {exc}"
             raise ImageryReadError(
                 f"cannot read imagery for tile {tile.z}/{tile.x}/{tile.y} of storm "
-                f"{backend.input.name!r}: {type(exc).__name__}: {exc}"
+                f"{backend.input.name!r}: {reason}"
             ) from exc
         if img is None:
             return None
@@ -357,3 +359,19 @@ class MetricEngine:
         if not entry.has_imagery:
             raise OutsideStorm(f"no imagery of storm {storm!r} at ({lon}, {lat})")
         return tile, entry, vals.cached == 1
+
+
+def open_engine(settings: Settings, *, budget: int | None = None) -> MetricEngine:
+    """The engine for ``settings``: its catalog, its model's regressor, its Redis."""
+    from iou_maps.metric_store import connect
+    from iou_maps.models import load_regressor_model
+
+    regressor = load_regressor_model(settings.data_dir, settings.model)
+    client = connect(settings.redis_url, settings.data_dir)
+    return MetricEngine(
+        Catalog(settings.data_dir),
+        regressor,
+        client,
+        regressor.analysis_zoom,
+        settings.compute_budget if budget is None else budget,
+    )

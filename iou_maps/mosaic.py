@@ -39,6 +39,35 @@ def storm_zoom_range(storm: Storm) -> tuple[int, int]:
     return min(MIN_ZOOM, maxzoom), max(maxzoom, MIN_ZOOM)
 
 
+class SceneReadError(RuntimeError):
+    """A scene file of a storm could not be read; the message names the scene."""
+
+
+@attr.s
+class SceneReader(Reader):
+    """rio-tiler's Reader, naming the scene when its file is unreadable (e.g. corrupt)."""
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            super().__attrs_post_init__()
+        except Exception as exc:
+            raise SceneReadError(f"scene {_scene_name(self.input)}: {exc}") from exc
+
+    def tile(self, *args: Any, **kwargs: Any) -> ImageData:
+        try:
+            return super().tile(*args, **kwargs)
+        except TileOutsideBounds:
+            raise
+        except Exception as exc:
+            raise SceneReadError(
+                f"scene {_scene_name(self.input)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def _scene_name(path: Any) -> str:
+    return str(path).rsplit("/", 1)[-1].removesuffix(".tif")
+
+
 @attr.s
 class StormBackend(BaseBackend):
     """Mosaic of one storm's scene COGs (``labels=True``: its label COGs)."""
@@ -46,7 +75,7 @@ class StormBackend(BaseBackend):
     input: Storm = attr.ib()
     labels: bool = attr.ib(default=False)
     tms: TileMatrixSet = attr.ib(default=WEB_MERCATOR_TMS)
-    reader: type[Reader] = attr.ib(default=Reader)
+    reader: type[Reader] = attr.ib(default=SceneReader)
     reader_options: dict = attr.ib(factory=dict)
 
     minzoom: int = attr.ib(init=False)
@@ -88,7 +117,7 @@ class StormBackend(BaseBackend):
 
     def asset_name(self, asset: Any) -> str:
         # Scene ids, not server paths, are what responses may show.
-        return str(asset).rsplit("/", 1)[-1].removesuffix(".tif")
+        return _scene_name(asset)
 
 
 def read_tile(
