@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import mercantile
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -142,6 +141,25 @@ def storms(data_dir: DataDir = None) -> None:
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs (default: config).")]
 
 
+def rich_progress(bar: Progress) -> Callable[[str, int | None], Callable[[int], None]]:
+    """A pipeline Progress factory drawing one Rich task per step."""
+
+    def factory(description: str, total: int | None) -> Callable[[int], None]:
+        task = bar.add_task(description, total=total, rate="")
+        return lambda n: bar.advance(task, n)
+
+    return factory
+
+
+def _load_seg(data_dir: Path, name: str):
+    from iou_maps.models import ModelNotFound, load_segmentation_model
+
+    try:
+        return load_segmentation_model(data_dir, name)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+
+
 @app.command("train-segmentation")
 def train_segmentation_cmd(
     storms: Annotated[list[str], typer.Argument(help="Storms with labels to train on.")],
@@ -155,65 +173,25 @@ def train_segmentation_cmd(
 ) -> None:
     """Train a segmentation_gym-compatible UNet on the storms' labelled analysis tiles."""
     from iou_maps.models import segmentation_dir, validate_model_name
-    from iou_maps.segmentation import SegmentationConfig, demo_config, save_segmentation
-    from iou_maps.segmentation import train_segmentation as train
+    from iou_maps.pipeline import train_segmentation_on
+    from iou_maps.segmentation import save_segmentation
 
     s = settings(data_dir)
     validate_model_name(out_name)
-    cfg = (
-        SegmentationConfig.from_json(config)
-        if config
-        else SegmentationConfig.from_dict(demo_config())
-    )
     catalog = Catalog(s.data_dir)
-    chip_sets = [
-        _chips_with_progress(_storm_or_exit(catalog, name), s.analysis_zoom) for name in storms
-    ]
-    images = np.concatenate([c.images for c in chip_sets])
-    labels = np.concatenate([c.labels for c in chip_sets])
-    if not len(images):
-        raise fail("no labelled analysis tiles in those storms")
-    n_epochs = epochs or int(cfg.raw.get("MAX_EPOCHS", 10))
-    out.print(f"training {cfg.model} on {len(images)} chips for {n_epochs} epochs")
+    chosen = [_storm_or_exit(catalog, storm_name(n)) for n in storms]
     with progress_bar() as bar:
-        task = bar.add_task("train-segmentation", total=n_epochs, rate="")
-        cb = _EpochProgress(
-            lambda logs: bar.update(
-                task,
-                advance=1,
-                rate=f"loss {logs.get('loss', 0):.3f} val_acc {logs.get('val_accuracy', 0):.3f}",
-            )
-        )
-        seg, history = train(images, labels, cfg, epochs=n_epochs, seed=seed, callbacks=[cb])
+        try:
+            seg, history = train_segmentation_on(
+                chosen, s.analysis_zoom, config=config, epochs=epochs, seed=seed,
+                progress=rich_progress(bar),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise fail(str(exc)) from None
     target = segmentation_dir(s.data_dir, out_name)
     save_segmentation(seg, target)
     acc = history.get("val_accuracy", [float("nan")])[-1]
     out.print(f"saved segmentation model {out_name!r} to {target} (val accuracy {acc:.3f})")
-
-
-class _EpochProgress:
-    """A Keras callback advancing a Rich bar each epoch (Keras' own bar floods logs)."""
-
-    def __new__(cls, on_epoch):
-        import keras
-
-        class _Cb(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                on_epoch(logs or {})
-
-        return _Cb()
-
-
-def _chips_with_progress(storm, zoom: int, labelled: bool = True):
-    from iou_maps.evaluation import read_chips
-    from iou_maps.grid import tiles_intersecting
-
-    tiles = tiles_intersecting(storm.coverage, zoom)
-    with progress_bar() as bar:
-        task = bar.add_task(f"read {storm.name}", total=len(tiles), rate="")
-        return read_chips(
-            storm, zoom, labelled=labelled, tiles=tiles, progress=lambda n: bar.advance(task, n)
-        )
 
 
 @app.command()
@@ -230,33 +208,21 @@ def evaluate(
     Writes the GeoParquet table, a per-scene summary CSV beside it (``*_scenes.csv``) and the
     "model example output" figure (``*_examples.png``).
     """
-    from iou_maps.evaluation import evaluate_chips, example_figure, scene_summary
-    from iou_maps.models import ModelNotFound, load_segmentation_model
+    from iou_maps.pipeline import evaluate_storm
 
     s = settings(data_dir)
     st = _storm_or_exit(Catalog(s.data_dir), storm)
-    try:
-        seg = load_segmentation_model(s.data_dir, model)
-    except ModelNotFound as exc:
-        raise fail(str(exc)) from None
-    chips = _chips_with_progress(st, s.analysis_zoom)
-    if not len(chips):
-        raise fail(f"storm {storm!r} has no labelled analysis tiles")
-    with console.status(f"segmenting {len(chips)} tiles"):
-        table = evaluate_chips(chips, seg.predict)
-    preds = table.attrs.pop("predictions")
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.part")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(out_file)
-    summary = scene_summary(table)
-    summary_path = out_file.with_name(f"{out_file.stem}_scenes.csv")
-    summary.to_csv(summary_path, index=False)
-    figure = out_file.with_name(f"{out_file.stem}_examples.png")
-    example_figure(chips, preds, table, figure)
+    seg = _load_seg(s.data_dir, model)
+    with progress_bar() as bar:
+        try:
+            result = evaluate_storm(st, seg, s.analysis_zoom, progress=rich_progress(bar))
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    paths = result.write(out_file)
+    t = result.table
     out.print(
-        f"{len(table)} tiles: mIoU mean {table['miou'].mean():.3f} std {table['miou'].std():.3f}"
-        f"; wrote {out_file}, {summary_path}, {figure}"
+        f"{len(t)} tiles: mIoU mean {t['miou'].mean():.3f} std {t['miou'].std():.3f}; wrote "
+        + ", ".join(str(p) for p in paths)
     )
 
 
@@ -270,78 +236,36 @@ def train_regressor_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """Train the metric regressor on `evaluate` tables (validation split by scene)."""
-    import geopandas as gpd
-
-    from iou_maps.classes import METRICS
-    from iou_maps.models import (
-        ModelNotFound,
-        load_segmentation_model,
-        regressor_dir,
-        validate_model_name,
-    )  # fmt: skip
+    from iou_maps.catalog import StormNotFound
+    from iou_maps.models import regressor_dir, validate_model_name
+    from iou_maps.pipeline import regressor_metadata, regressor_training_set
     from iou_maps.regressor import plot_report, save_regressor, train_regressor
 
     s = settings(data_dir)
     validate_model_name(out_name)
-    try:
-        seg = load_segmentation_model(s.data_dir, segmentation)
-    except ModelNotFound as exc:
-        raise fail(str(exc)) from None
-    catalog = Catalog(s.data_dir)
-    images, targets, scene_sets, sources = [], [], [], []
+    seg = _load_seg(s.data_dir, segmentation)
     for path in tables:
         if not path.is_file():
             raise fail(f"no such table: {path}")
-        table = gpd.read_parquet(path)
-        for storm_name, part in table.groupby("storm"):
-            st = _storm_or_exit(catalog, str(storm_name))
-            tiles = [mercantile.Tile(int(r.x), int(r.y), int(r.z)) for r in part.itertuples()]
-            chips = _chips_with_progress_tiles(st, tiles)
-            index = {t: i for i, t in enumerate(chips.tiles)}
-            rows = [i for i, t in enumerate(tiles) if t in index]
-            images.append(chips.images[[index[tiles[i]] for i in rows]])
-            targets.append(part[list(METRICS)].to_numpy(np.float32)[rows])
-            scene_sets.extend(
-                frozenset(f"{storm_name}/{x}" for x in str(v).split(",") if x)
-                for v in part["scenes"].iloc[rows]
-            )
-            sources.append({"table": str(path), "storm": str(storm_name), "tiles": len(rows)})
-    x, y = np.concatenate(images), np.concatenate(targets)
-    with console.status(f"training regressor head on {len(x)} tiles"):
-        model, report = train_regressor(seg, x, y, scene_sets, epochs=epochs, seed=seed)
-    scores = report["scores"]
-    metadata = {
-        "segmentation": segmentation,
-        "input_size": list(seg.cfg.target_size),
-        "analysis_zoom": s.analysis_zoom,
-        "preprocessing": "bilinear resize to input_size, then per-image standardisation "
-        "(x - mean) / max(std, 1/sqrt(N)) as segmentation_gym",
-        "training_data": sources,
-        "validation": {
-            k: report[k]
-            for k in ("train_tiles", "val_tiles", "val_scenes", "epochs_run", "best_val_loss")
-        },
-        "validation_scores": scores,
-    }
-    reg = save_regressor(model, metadata, regressor_dir(s.data_dir, out_name))
-    plot_path = regressor_dir(s.data_dir, out_name) / "validation.png"
-    plot_report(report, plot_path)
-    m = scores["miou"]
+    with progress_bar() as bar:
+        try:
+            data = regressor_training_set(Catalog(s.data_dir), tables, progress=rich_progress(bar))
+        except (StormNotFound, ValueError) as exc:
+            raise fail(str(exc)) from None
+    with console.status(f"training the regressor head on {len(data.images)} tiles"):
+        model, report = train_regressor(
+            seg, data.images, data.targets, data.scene_sets, epochs=epochs, seed=seed
+        )
+    metadata = regressor_metadata(segmentation, seg, s.analysis_zoom, data, report)
+    target = regressor_dir(s.data_dir, out_name)
+    reg = save_regressor(model, metadata, target)
+    plot_report(report, target / "validation.png")
+    m = report["scores"]["miou"]
     out.print(
         f"regressor {out_name!r} (model id {reg.model_id}): validation mIoU MAE {m['mae']:.3f}, "
-        f"r {m['pearson_r']:.2f}, constant-mean MAE {m['baseline_mae']:.3f}; report {plot_path}"
+        f"r {m['pearson_r']:.2f}, constant-mean MAE {m['baseline_mae']:.3f}; "
+        f"report {target / 'validation.png'}"
     )
-
-
-def _chips_with_progress_tiles(storm, tiles):
-    from iou_maps.evaluation import read_chips
-
-    with progress_bar() as bar:
-        task = bar.add_task(f"read {storm.name}", total=len(tiles), rate="")
-        return read_chips(
-            storm, tiles[0].z if tiles else 18, labelled=False, tiles=tiles,
-            progress=lambda n: bar.advance(task, n),
-        )  # fmt: skip
 
 
 @app.command()
@@ -355,6 +279,7 @@ def predict(
 ) -> None:
     """Predicted metrics for every analysis tile of a storm → GeoParquet, GeoJSON, CSV."""
     from iou_maps.models import ModelNotFound, load_regressor_model
+    from iou_maps.pipeline import storm_chips
     from iou_maps.prediction import predict_table, write_exports
 
     s = settings(data_dir)
@@ -363,7 +288,8 @@ def predict(
         reg = load_regressor_model(s.data_dir, model)
     except ModelNotFound as exc:
         raise fail(str(exc)) from None
-    chips = _chips_with_progress(st, reg.analysis_zoom, labelled=False)
+    with progress_bar() as bar:
+        chips = storm_chips(st, reg.analysis_zoom, labelled=False, progress=rich_progress(bar))
     with console.status(f"predicting {len(chips)} tiles"):
         table = predict_table(chips, reg.predict, reg.model_id)
     paths = write_exports(table, out_file)
@@ -447,6 +373,47 @@ def precompute_cmd(
         console.print(f"[red]failed[/red] {line}", soft_wrap=True, markup=True, highlight=False)
     if summary.failed:
         raise fail(f"{summary.failed} tile(s) failed; the others are stored", 1)
+
+
+@app.command()
+def demo(
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Start the server at the end.")
+    ] = True,
+    host: Annotated[str | None, typer.Option(help="Bind address for the server.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port for the server.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """The whole pipeline on synthetic storms, then the server; reuses what already exists.
+
+    synthetic storm + validation storm → ingest → train segmentation → evaluate → train
+    regressor → precompute → serve. Uses the embedded Redis unless REDIS_URL is set.
+    """
+    from iou_maps.demo import DemoPlan, prepare
+    from iou_maps.engine import open_engine
+    from iou_maps.precompute import precompute
+
+    s = settings(data_dir)
+    plan = DemoPlan(data_dir=s.data_dir, model=s.model, analysis_zoom=s.analysis_zoom)
+    started = time.perf_counter()
+    with progress_bar() as bar:
+        storm, _val, _reg = prepare(plan, progress=rich_progress(bar), log=bar.console.print)
+    s.model = plan.model
+    engine = open_engine(s)
+    with progress_bar() as bar:
+        task = bar.add_task(f"precompute {storm.name}", total=None, rate="")
+        summary = precompute(
+            engine, storm.name,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    out.print(
+        f"precompute {storm.name}: {summary.computed} computed, {summary.already_cached} already "
+        f"cached, {summary.failed} failed; demo ready in {time.perf_counter() - started:.0f} s"
+    )
+    engine.close()
+    del engine  # releases the embedded Redis before the server opens it
+    if serve_after:
+        serve(host=host, port=port, data_dir=s.data_dir)
 
 
 @app.command()

@@ -34,6 +34,7 @@ CHIP_SIZE = 256
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 #: The loss weighs mIoU more: it is the number the maps default to.
+FEATURES = "features"
 METRIC_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 1.0], np.float32)
 
 
@@ -70,21 +71,38 @@ def masked_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
 # --------------------------------------------------------------------------- model
 
 
+def encoder_outputs(seg: SegmentationModel) -> list:
+    """The encoder's feature maps: each skip connection's source and the bottleneck.
+
+    The decoder is cut off at the bottleneck; the skips are encoder tensors too (the decoder
+    only reads them), so pooling every level gives the head fine texture as well as context.
+    """
+    model = seg.model
+    skips = [
+        layer.input[1]
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Concatenate) and len(layer.input) == 2
+    ]
+    bottleneck = model.get_layer(bottleneck_layer_name(model, seg.cfg)).output
+    skips.sort(key=lambda t: -int(t.shape[1]))  # finest first: a stable order
+    return [*skips, bottleneck]
+
+
 def build_regressor(
     seg: SegmentationModel, hidden: Sequence[int] = (128, 64), dropout: float = 0.2
 ) -> keras.Model:
-    """Cut the UNet at its bottleneck, freeze the encoder, add pooling + dense + 6 sigmoids."""
-    bottleneck = seg.model.get_layer(bottleneck_layer_name(seg.model, seg.cfg))
-    encoder = keras.Model(seg.model.inputs, bottleneck.output, name="encoder")
+    """Frozen encoder (decoder cut off) → global avg+max pooling per level → dense → 6 sigmoids."""
+    encoder = keras.Model(seg.model.inputs, encoder_outputs(seg), name="encoder")
     encoder.trainable = False
     inputs = keras.Input(shape=(*seg.cfg.target_size, 3), name="image")
-    features = encoder(inputs, training=False)
-    x = keras.layers.Concatenate(name="pool")(
-        [
-            keras.layers.GlobalAveragePooling2D(name="avg_pool")(features),
-            keras.layers.GlobalMaxPooling2D(name="max_pool")(features),
-        ]
-    )
+    maps = encoder(inputs, training=False)
+    pooled = []
+    for i, fmap in enumerate(maps):
+        pooled.append(keras.layers.GlobalAveragePooling2D(name=f"avg_pool_{i}")(fmap))
+        pooled.append(keras.layers.GlobalMaxPooling2D(name=f"max_pool_{i}")(fmap))
+    x = keras.layers.Concatenate(name=FEATURES)(pooled)
+    # Pooled activations differ in scale by orders of magnitude between levels.
+    x = keras.layers.Normalization(name="feature_norm")(x)
     for i, units in enumerate(hidden):
         x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
@@ -92,13 +110,15 @@ def build_regressor(
     return keras.Model(inputs, outputs, name="metric_regressor")
 
 
+def features_model(model: keras.Model) -> keras.Model:
+    """The frozen part: image → pooled encoder features (no trainable weights)."""
+    return keras.Model(model.input, model.get_layer(FEATURES).output, name="features")
+
+
 def head_of(model: keras.Model) -> keras.Model:
-    """The trainable part (pooling → outputs) as a model on encoder features."""
-    encoder = model.get_layer("encoder")
-    feats = keras.Input(shape=encoder.output.shape[1:], name="features")
-    x = keras.layers.Concatenate(name="pool")(
-        [model.get_layer("avg_pool")(feats), model.get_layer("max_pool")(feats)]
-    )
+    """The trainable part (dense layers → outputs) as a model on pooled features."""
+    feats = keras.Input(shape=model.get_layer(FEATURES).output.shape[1:], name="features")
+    x = model.get_layer("feature_norm")(feats)
     i = 0
     while True:
         try:
@@ -251,19 +271,20 @@ def split_by_scene(
 
 
 def encode(model: keras.Model, chips: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Encoder features of uint8 chips (the frozen part, computed once for head training)."""
-    encoder = model.get_layer("encoder")
+    """Pooled encoder features of uint8 chips (frozen: computed once for head training)."""
+    features = features_model(model)
     size = tuple(model.input.shape[1:3])
 
     @tf.function(input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)])
     def run(x: tf.Tensor) -> tf.Tensor:
-        return encoder(preprocess(x, size), training=False)
+        return features(preprocess(x, size), training=False)
 
     parts = [
         run(tf.constant(chips[i : i + batch_size])).numpy()
         for i in range(0, len(chips), batch_size)
     ]
-    return np.concatenate(parts) if parts else np.zeros((0, *encoder.output.shape[1:]), np.float32)
+    width = int(features.output.shape[-1])
+    return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 
 def evaluation_scores(y_true: np.ndarray, y_pred: np.ndarray, baseline: np.ndarray) -> dict:
@@ -313,6 +334,7 @@ def train_regressor(
         y_train = np.concatenate([y_train] * 4)
     f_train = encode(model, np.ascontiguousarray(x_train))
     f_val = encode(model, chips[val])
+    model.get_layer("feature_norm").adapt(f_train)
     head = head_of(model)
     head.compile(optimizer=keras.optimizers.Adam(1e-3), loss=masked_loss)
     history = head.fit(
