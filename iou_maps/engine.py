@@ -335,6 +335,10 @@ class MetricEngine:
         missing = 0
         if absent and len(absent) * per_cell <= MAX_ON_THE_FLY:
             kids = {c: descendants(c, self.analysis_zoom) for c in absent}
+            # Children outside the coverage are never stored: they have no imagery, not "missing".
+            every = [k for ks in kids.values() for k in ks]
+            inside_kids = {k for k, ok in zip(every, self.covered(st, every), strict=True) if ok}
+            kids = {c: [k for k in ks if k in inside_kids] for c, ks in kids.items()}
             cached = self._cache_get(storm, [k for ks in kids.values() for k in ks])
             for c, ks in kids.items():
                 vals = [cached[k].values for k in ks if k in cached and cached[k].has_imagery]

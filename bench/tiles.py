@@ -1,0 +1,180 @@
+"""Tile latency of the real service: imagery vs cached metric tiles vs cold metric tiles.
+
+Starts one uvicorn server (the service as deployed, embedded Redis unless --redis-url) over its
+own data directory (a synthetic storm and a small real regressor, generated on first run) and
+measures, for the analysis tiles of the storm:
+
+(a) imagery tiles (PNG), (b) cached metric tiles (PNG), (c) cold metric tiles at the analysis
+zoom (Redis flushed before each round), and in-process, (d) the raw cost of the same work
+without the service: the imagery read of each tile plus one regressor call.
+
+Prints the figures last as one line of name=value pairs, ending with
+``cached_vs_imagery=<ratio> cold_vs_raw=<ratio>`` (ratios of median latencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import mercantile  # noqa: E402
+import shapely  # noqa: E402
+
+from iou_maps.catalog import Catalog  # noqa: E402
+from service.testing import ServiceProcess  # noqa: E402
+
+STORM = "bench"
+MODEL = "bench"
+
+
+def make_data(data_dir: Path, scenes: int, seed: int) -> None:
+    """A synthetic storm and a small real (untrained) regressor: tests/conftest's recipe."""
+    import keras
+
+    from iou_maps.catalog import ingest
+    from iou_maps.models import regressor_dir, segmentation_dir
+    from iou_maps.regressor import build_regressor, save_regressor
+    from iou_maps.segmentation import (
+        SegmentationConfig,
+        SegmentationModel,
+        build_model,
+        demo_config,
+        save_segmentation,
+    )
+    from iou_maps.synthetic import generate_storm
+
+    source = data_dir.parent / "source"
+    shutil.rmtree(source, ignore_errors=True)
+    generate_storm(STORM, source, scenes=scenes, seed=seed, size=512)
+    report = ingest(data_dir, STORM, [source])
+    if not report.ingested:
+        raise SystemExit(f"ingest failed: {report.skipped}")
+    cfg = demo_config()
+    cfg.update(TARGET_SIZE=[64, 64], FILTERS=4)
+    config = SegmentationConfig.from_dict(cfg)
+    keras.utils.set_random_seed(0)
+    seg = SegmentationModel(config, build_model(config))
+    save_segmentation(seg, segmentation_dir(data_dir, MODEL))
+    meta = {"input_size": list(seg.cfg.target_size), "analysis_zoom": 18, "segmentation": MODEL}
+    save_regressor(build_regressor(seg), meta, regressor_dir(data_dir, MODEL))
+
+
+def timed(client: httpx.Client, urls: list[str]) -> list[float]:
+    out = []
+    for url in urls:
+        t0 = time.perf_counter()
+        r = client.get(url)
+        out.append(time.perf_counter() - t0)
+        if r.status_code != 200:
+            raise SystemExit(f"{url}: {r.status_code} {r.text[:300]}")
+    return out
+
+
+def figures(name: str, samples: list[float]) -> dict[str, float]:
+    med = statistics.median(samples)
+    return {f"{name}_ms": med * 1e3, f"{name}_rps": len(samples) / sum(samples)}
+
+
+def raw_costs(data_dir: Path, tiles: list[mercantile.Tile], rounds: int) -> dict[str, float]:
+    """Imagery read + one regressor call per tile, in this process (no HTTP, no cache)."""
+    import numpy as np
+
+    from iou_maps.engine import MetricEngine
+    from iou_maps.models import load_regressor_model
+
+    predictor = load_regressor_model(data_dir, MODEL)
+    engine = MetricEngine(Catalog(data_dir), predictor, None, predictor.analysis_zoom)
+    _, backend = engine.storm(STORM)
+    chip = engine.read_chip(backend, tiles[0])
+    predictor.predict(chip[None])  # warm up (graph tracing)
+    reads, preds, totals = [], [], []
+    for _ in range(rounds):
+        for t in tiles:
+            t0 = time.perf_counter()
+            chip = engine.read_chip(backend, t)
+            t1 = time.perf_counter()
+            predictor.predict(np.asarray(chip)[None])
+            t2 = time.perf_counter()
+            reads.append(t1 - t0)
+            preds.append(t2 - t1)
+            totals.append(t2 - t0)
+    engine.close()
+    return {
+        "raw_read_ms": statistics.median(reads) * 1e3,
+        "raw_predict_ms": statistics.median(preds) * 1e3,
+        **figures("raw", totals),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "tiles")
+    parser.add_argument("--rounds", type=int, default=5, help="Passes over the storm's tiles.")
+    parser.add_argument("--scenes", type=int, default=4, help="Scenes of the generated storm.")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--redis-url", default=None, help="Redis server (default: embedded).")
+    parser.add_argument("--fresh", action="store_true", help="Regenerate the data directory.")
+    args = parser.parse_args()
+
+    data_dir = args.out / "data"
+    if args.fresh:
+        shutil.rmtree(args.out, ignore_errors=True)
+    if not (data_dir / "storms" / STORM / "footprints.parquet").is_file():
+        print(f"generating storm and model under {data_dir} ...", file=sys.stderr)
+        make_data(data_dir, args.scenes, args.seed)
+    storm = Catalog(data_dir).storm(STORM)
+    # The analysis tiles of the storm (the generated model's analysis zoom is 18).
+    tiles = [
+        t
+        for t in mercantile.tiles(*storm.bounds, zooms=[18])
+        if len(storm.scenes_intersecting(shapely.box(*mercantile.bounds(t))))
+    ]
+
+    def url(kind: str, t: mercantile.Tile) -> str:
+        layer = "imagery" if kind == "imagery" else "metrics/miou"
+        return f"/storms/{STORM}/{layer}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png"
+
+    log = args.out / "service.log"
+    results: dict[str, float] = {"tiles": len(tiles), "rounds": args.rounds}
+    with ServiceProcess(data_dir, args.redis_url, model=MODEL, log_path=log) as svc:
+        from iou_maps.metric_store import connect
+
+        redis_client = connect(args.redis_url, data_dir)
+        with httpx.Client(base_url=svc.url, timeout=120) as c:
+            imagery_urls = [url("imagery", t) for t in tiles]
+            metric_urls = [url("metric", t) for t in tiles]
+            timed(c, imagery_urls)  # warm-up: GDAL opens, block cache
+            redis_client.flushdb()
+            timed(c, metric_urls)  # warm-up: TF graph, fills the cache
+            imagery, cached, cold = [], [], []
+            for _ in range(args.rounds):
+                imagery += timed(c, imagery_urls)
+                cached += timed(c, metric_urls)
+            for _ in range(args.rounds):
+                redis_client.flushdb()
+                cold += timed(c, metric_urls)
+            calls = c.get("/healthz").json()["model_calls"]
+    results.update(figures("imagery", imagery))
+    results.update(figures("cached", cached))
+    results.update(figures("cold", cold))
+    results["model_calls"] = calls
+    results.update(raw_costs(data_dir, tiles, args.rounds))
+    results["cached_vs_imagery"] = results["cached_ms"] / results["imagery_ms"]
+    results["cold_vs_raw"] = results["cold_ms"] / results["raw_ms"]
+    print(
+        " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
+    )
+
+
+if __name__ == "__main__":
+    main()

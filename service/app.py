@@ -1,0 +1,153 @@
+"""The IoU Maps FastAPI application, assembled from titiler factories and our own.
+
+Routes::
+
+    /                                    viewer (Leaflet, served from /static)
+    /healthz                             Redis / model status
+    /storms, /storms/{storm}             catalog
+    /storms/{storm}/point/{lon},{lat}    metric vector at a coordinate
+    /storms/{storm}/imagery/...          titiler.mosaic: tiles, TileJSON, WMTS, point, info
+    /storms/{storm}/metrics/{metric}/... metric tiles, TileJSON (+ legend), WMTS
+    /tileMatrixSets, /colorMaps          titiler's TMS and colormap endpoints
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import jinja2
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from titiler.core.factory import ColorMapFactory, TMSFactory
+from titiler.core.routing import EndpointScope
+from titiler.mosaic.extensions.wmts import wmtsExtension
+
+from iou_maps.catalog import Catalog
+from iou_maps.classes import METRICS
+from iou_maps.config import Settings
+from iou_maps.engine import MetricEngine
+from iou_maps.metric_store import connect
+from iou_maps.models import load_regressor_model
+from iou_maps.mosaic import StormBackend
+from iou_maps.render import DEFAULT_COLORMAP
+from service.dependencies import (
+    SUPPORTED_TMS,
+    ColorMapParams,
+    TileCoordsParams,
+    budget_dependency,
+    cached_cmap,
+    storm_dependency,
+)
+from service.errors import add_exception_handlers
+from service.factories import (
+    METRIC_HEADERS,
+    HealthFactory,
+    MetricTilerFactory,
+    StormMosaicFactory,
+    StormsFactory,
+)
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(
+    env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+)
+
+
+def create_engine(settings: Settings) -> MetricEngine:
+    """The metric engine of the configured model, catalog and Redis."""
+    data_dir = settings.data_dir.resolve()
+    predictor = load_regressor_model(data_dir, settings.model)
+    # The model was trained on chips of one zoom: it decides; the setting is the fallback.
+    zoom = int(getattr(predictor, "analysis_zoom", settings.analysis_zoom))
+    client = connect(settings.redis_url, data_dir)
+    return MetricEngine(Catalog(data_dir), predictor, client, zoom, settings.compute_budget)
+
+
+def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAPI:
+    """The application for ``settings`` (``engine``: an already built one, e.g. in tests)."""
+    engine = engine or create_engine(settings)
+    data_dir = engine.catalog.data_dir.resolve()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app = FastAPI(
+        title="IoU Maps",
+        description=(
+            "Where a segmentation model of post-hurricane aerial imagery can be trusted: "
+            "imagery and predicted IoU/Dice tiles, point lookups, TileJSON and WMTS."
+        ),
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.settings = settings
+
+    storm_path = storm_dependency(engine)
+    budget = budget_dependency(settings.compute_budget)
+
+    tile_scopes: list[EndpointScope] = [
+        {"path": "/tiles/WebMercatorQuad/0/0/0", "method": "GET"},
+        {"path": "/tiles/WebMercatorQuad/0/0/0.png", "method": "GET"},
+    ]
+    imagery = StormMosaicFactory(
+        backend=StormBackend,
+        path_dependency=storm_path,
+        router_prefix="/storms/{storm}/imagery",
+        supported_tms=SUPPORTED_TMS,
+        colormap_dependency=ColorMapParams,
+        extensions=[wmtsExtension(layer_identifier_provider=lambda storm: storm.name)],
+        # z/x/y out of range → 422 before any read (titiler would answer 404 or 500).
+        route_dependencies=[(tile_scopes, [Depends(TileCoordsParams)])],
+    )
+    metrics = MetricTilerFactory(
+        engine=engine,
+        path_dependency=storm_path,
+        budget_dependency=budget,
+        router_prefix="/storms/{storm}/metrics",
+    )
+    storms = StormsFactory(engine=engine, path_dependency=storm_path)
+    health = HealthFactory(engine=engine)
+
+    app.include_router(health.router, tags=["Service"])
+    app.include_router(storms.router, tags=["Storms"])
+    app.include_router(imagery.router, prefix="/storms/{storm}/imagery", tags=["Imagery"])
+    app.include_router(metrics.router, prefix="/storms/{storm}/metrics", tags=["Metrics"])
+    app.include_router(TMSFactory(supported_tms=SUPPORTED_TMS).router, tags=["Tiling Schemes"])
+    app.include_router(ColorMapFactory(supported_colormaps=cached_cmap).router, tags=["ColorMaps"])
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def viewer(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(
+            request,
+            "index.html",
+            {
+                "metrics": METRICS,
+                "colormaps": sorted(cached_cmap.list()),
+                "default_colormap": DEFAULT_COLORMAP,
+            },
+        )
+
+    add_exception_handlers(app, data_dir)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET"],
+        allow_headers=["*"],
+        expose_headers=list(METRIC_HEADERS),
+    )
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: settings from the environment (IOU_MAPS_*)."""
+    return create_app(Settings())

@@ -1,0 +1,112 @@
+"""Injectable FastAPI dependencies of the IoU Maps endpoints (titiler style)."""
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from fastapi import HTTPException, Path, Query
+from mercantile import Tile
+from morecantile import TileMatrixSet
+from morecantile import tms as morecantile_tms
+from morecantile.defaults import TileMatrixSets
+from rio_tiler.colormap import ColorMaps
+from rio_tiler.colormap import cmap as default_cmap
+from rio_tiler.types import ColorMapType
+from titiler.core.dependencies import create_colormap_dependency
+
+from iou_maps.catalog import Storm
+from iou_maps.classes import METRICS
+from iou_maps.engine import MetricEngine
+from iou_maps.grid import validate_tile
+
+#: The analysis grid and StormBackend's asset lookups are Web-Mercator: the only TMS served.
+WEB_MERCATOR_QUAD: TileMatrixSet = morecantile_tms.get("WebMercatorQuad")
+SUPPORTED_TMS = TileMatrixSets({"WebMercatorQuad": WEB_MERCATOR_QUAD})
+
+MetricName = Literal[METRICS]  # type: ignore[valid-type]
+
+
+class MetricFormat(StrEnum):
+    """Metric tile encodings: colour-mapped images, or the raw float32 values."""
+
+    png = "png"
+    webp = "webp"
+    tif = "tif"
+    npy = "npy"
+
+    @property
+    def raw(self) -> bool:
+        return self in (MetricFormat.tif, MetricFormat.npy)
+
+
+class CachedColorMaps(ColorMaps):
+    """rio-tiler's colormaps, each loaded from its .npy file once per process, not per tile."""
+
+    def get(self, name: str) -> ColorMapType:
+        cache: dict[str, ColorMapType] = self.__dict__.setdefault("_loaded", {})
+        if name not in cache:
+            cache[name] = super().get(name)
+        return cache[name]
+
+
+cached_cmap = CachedColorMaps(data=default_cmap.data)
+#: titiler's colormap dependency (``colormap_name`` checked against the list, or ``colormap``
+#: JSON) over the cached colormaps.
+ColorMapParams = create_colormap_dependency(cached_cmap)
+
+
+def MetricParams(
+    metric: Annotated[MetricName, Path(description=f"One of: {', '.join(METRICS)}.")],
+) -> str:
+    """The metric layer named in the path (FastAPI answers 422 naming the valid ones)."""
+    return str(metric)
+
+
+def TileCoordsParams(
+    z: Annotated[int, Path(description="Zoom level.")],
+    x: Annotated[int, Path(description="Tile column.")],
+    y: Annotated[int, Path(description="Tile row.")],
+) -> Tile:
+    """The tile z/x/y, or 422 saying which coordinate is out of range."""
+    try:
+        return validate_tile(z, x, y)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+
+
+def storm_dependency(engine: MetricEngine) -> Callable[..., Storm]:
+    """A path dependency resolving ``{storm}`` to the engine's cached Storm (no ``url=``).
+
+    The name is validated before any disk access (InvalidStormName → 422, unknown → 404).
+    """
+
+    def StormPathParams(
+        storm: Annotated[
+            str,
+            Path(description="Storm name: 1-64 characters of a-z, 0-9, '_' and '-'."),
+        ],
+    ) -> Storm:
+        return engine.storm(storm)[0]
+
+    return StormPathParams
+
+
+def budget_dependency(cap: int) -> Callable[..., int]:
+    """The per-request compute budget: a query parameter capped by the settings."""
+
+    def BudgetParams(
+        budget: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                description=(
+                    "Most analysis tiles this request may compute with the model "
+                    f"(default and maximum: {cap}). Tiles over the budget are drawn "
+                    "transparent and counted in the X-IoU-Missing header."
+                ),
+            ),
+        ] = None,
+    ) -> int:
+        return cap if budget is None else min(budget, cap)
+
+    return BudgetParams

@@ -1,0 +1,61 @@
+"""Exceptions → HTTP status codes, as JSON ``{"detail": ...}`` (titiler's handlers plus ours)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from titiler.core.errors import DEFAULT_STATUS_CODES
+
+from iou_maps.catalog import InvalidStormName, StormNotFound
+from iou_maps.engine import ImageryReadError, OutsideStorm
+from iou_maps.models import ModelNotFound
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES: dict[type[Exception], int] = {
+    **DEFAULT_STATUS_CODES,
+    InvalidStormName: 422,
+    StormNotFound: 404,
+    OutsideStorm: 404,
+    ImageryReadError: 500,
+    ModelNotFound: 503,
+}
+
+
+def describe(exc: BaseException) -> str:
+    """The message of ``exc`` and of its causes: rasterio's "Read failed. See previous exception"
+    only names the file in the GDAL error it chains."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(parts) < 5:
+        seen.add(id(cur))
+        msg = str(cur).strip()
+        if msg and not any(msg in p for p in parts):
+            parts.append(msg)
+        cur = cur.__cause__ or cur.__context__
+    return " — ".join(parts) or type(exc).__name__
+
+
+def _handler(status_code: int, data_dir: str) -> Callable[[Request, Exception], JSONResponse]:
+    def handler(request: Request, exc: Exception) -> JSONResponse:
+        if status_code >= 500:
+            log.error("%s %s → %s: %s", request.method, request.url.path, status_code, exc)
+        # Messages from GDAL name files by absolute path: show them relative to the data dir.
+        detail = describe(exc) if status_code >= 500 else str(exc)
+        if data_dir:
+            detail = detail.replace(data_dir + "/", "")
+        return JSONResponse({"detail": detail}, status_code=status_code)
+
+    return handler
+
+
+def add_exception_handlers(app: FastAPI, data_dir: Path) -> None:
+    """``data_dir`` must be the absolute path the catalog was opened with."""
+    for exc, code in STATUS_CODES.items():
+        app.add_exception_handler(exc, _handler(code, str(data_dir)))

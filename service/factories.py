@@ -1,0 +1,487 @@
+"""Endpoint factories (attrs classes like titiler.core.factory) assembling routes from dependencies.
+
+- ``StormMosaicFactory``: titiler.mosaic's MosaicTilerFactory over StormBackend, without the
+  endpoints that would expose server file paths.
+- ``MetricTilerFactory``: metric tiles (PNG/WebP colour-mapped, GeoTIFF/NPY raw), TileJSON with a
+  legend and WMTS capabilities of one metric layer.
+- ``StormsFactory``: storm list/detail and the metric point lookup.
+- ``HealthFactory``: ``/healthz``.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+
+import mercantile
+import numpy as np
+from attrs import define, field
+from fastapi import Depends, HTTPException, Path, Query
+from mercantile import Tile
+from morecantile.defaults import TileMatrixSets
+from rio_tiler.models import ImageData
+from rio_tiler.types import ColorMapType
+from rio_tiler.utils import CRS_to_uri
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.templating import Jinja2Templates
+from titiler.core.dependencies import DefaultDependency, ImageRenderingParams
+from titiler.core.factory import BaseFactory
+from titiler.core.resources.enums import ImageType
+from titiler.core.resources.responses import XMLResponse
+from titiler.core.utils import render_image, tms_limits
+from titiler.mosaic.extensions.wmts import DEFAULT_TEMPLATES as WMTS_TEMPLATES
+from titiler.mosaic.factory import MosaicTilerFactory
+
+from iou_maps.catalog import Storm
+from iou_maps.classes import METRICS
+from iou_maps.engine import MetricEngine, TileGrid
+from iou_maps.render import DEFAULT_COLORMAP, metric_image
+from service.dependencies import (
+    SUPPORTED_TMS,
+    ColorMapParams,
+    MetricFormat,
+    MetricParams,
+    TileCoordsParams,
+    cached_cmap,
+)
+from service.models import (
+    AnalysisTile,
+    ErrorDetail,
+    Health,
+    LegendStop,
+    Link,
+    MetricTileJSON,
+    PointMetrics,
+    StormInfo,
+    StormList,
+)
+
+#: Response headers of a metric tile (exposed to browsers through CORS).
+METRIC_HEADERS = ("X-IoU-Missing", "X-IoU-Cached", "X-IoU-Computed", "X-IoU-Model", "X-IoU-Cache")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorDetail, "description": "Unknown storm (or nothing there)."},
+    422: {"description": "Invalid storm name, metric, colormap or tile coordinates."},
+    500: {"model": ErrorDetail, "description": "A scene file could not be read."},
+}
+
+TMSId = Annotated[
+    Literal[tuple(SUPPORTED_TMS.list())],  # type: ignore[valid-type]
+    Path(description="Tile matrix set (the analysis grid is WebMercatorQuad)."),
+]
+
+
+def zoom_range(engine: MetricEngine, storm: Storm) -> tuple[int, int]:
+    """Zooms of the metric layers: the storm's imagery zooms, extended to the analysis zoom."""
+    backend = engine.storm(storm.name)[1]
+    return backend.minzoom, max(backend.maxzoom, engine.analysis_zoom)
+
+
+def legend_stops(
+    colormap: ColorMapType, vmin: float = 0.0, vmax: float = 1.0, stops: int = 11
+) -> list[LegendStop]:
+    """Colour stops of a 256-entry colormap over [vmin, vmax] (none for interval colormaps)."""
+    if not isinstance(colormap, dict):
+        return []
+    out = []
+    for v in np.linspace(0.0, 1.0, stops):
+        rgba = colormap.get(int(round(v * 255)))
+        if rgba is None:
+            continue
+        r, g, b = (int(c) for c in rgba[:3])
+        out.append(
+            LegendStop(
+                value=round(float(vmin + v * (vmax - vmin)), 4), color=f"#{r:02x}{g:02x}{b:02x}"
+            )
+        )
+    return out
+
+
+def encode_metric_tile(
+    img: ImageData,
+    fmt: MetricFormat,
+    colormap: ColorMapType,
+    rescale: tuple[float, float] = (0.0, 1.0),
+) -> tuple[bytes, str]:
+    """Raw formats keep float32 values (NaN = no value); images are colour-mapped with alpha."""
+    if fmt.raw:
+        image_type = ImageType(fmt.value)
+        kwargs: dict[str, Any] = {"nodata": float("nan")} if fmt is MetricFormat.tif else {}
+        return render_image(img, output_format=image_type, add_mask=False, **kwargs)
+    # Masked pixels hold NaN: zero them so the uint8 rescale is defined; the mask keeps them
+    # transparent.
+    data = np.where(img.array.mask, 0.0, img.array.data).astype(np.float32)
+    scaled = ImageData(
+        np.ma.MaskedArray(data, mask=img.array.mask),
+        bounds=img.bounds,
+        crs=img.crs,
+        band_names=img.band_names,
+    )
+    return render_image(
+        scaled, colormap=colormap, output_format=ImageType(fmt.value), rescale=[rescale]
+    )
+
+
+def _rescale(render_params: DefaultDependency) -> tuple[float, float]:
+    rescale = getattr(render_params, "rescale", None)
+    if rescale:
+        lo, hi = rescale[0]
+        return float(lo), float(hi)
+    return 0.0, 1.0
+
+
+@define(kw_only=True)
+class StormMosaicFactory(MosaicTilerFactory):
+    """titiler.mosaic's factory for a storm's imagery mosaic.
+
+    ``/assets`` endpoints are left out: they would return scene file paths on the server.
+    """
+
+    add_viewer: bool = False
+
+    def assets(self) -> None:
+        return None
+
+
+@define(kw_only=True)
+class MetricTilerFactory(BaseFactory):
+    """Metric tiles, TileJSON and WMTS of the metric layers of a storm."""
+
+    engine: MetricEngine
+    path_dependency: Callable[..., Storm]
+    budget_dependency: Callable[..., int]
+    metric_dependency: Callable[..., str] = MetricParams
+    tile_dependency: Callable[..., Tile] = TileCoordsParams
+    colormap_dependency: Callable[..., ColorMapType | None] = ColorMapParams
+    render_dependency: type[DefaultDependency] = ImageRenderingParams
+    supported_tms: TileMatrixSets = SUPPORTED_TMS
+    default_colormap: str = DEFAULT_COLORMAP
+    wmts_templates: Jinja2Templates = field(default=WMTS_TEMPLATES)
+
+    def register_routes(self) -> None:
+        self.tile()
+        self.tilejson()
+        self.wmts()
+
+    def _colormap(self, colormap: ColorMapType | None) -> ColorMapType:
+        return colormap if colormap is not None else cached_cmap.get(self.default_colormap)
+
+    def tile(self) -> None:
+        engine = self.engine
+
+        @self.router.get(
+            "/{metric}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}",
+            summary="Metric tile",
+            operation_id=f"{self.operation_prefix}getMetricTile",
+            response_class=Response,
+            responses={
+                200: {
+                    "content": {
+                        "image/png": {},
+                        "image/webp": {},
+                        "image/tiff; application=geotiff": {},
+                        "application/x-binary": {},
+                    },
+                    "description": (
+                        "PNG/WebP: colour-mapped, transparent without imagery. GeoTIFF/NPY: "
+                        "1-band float32 values, NaN without a value. Headers: X-IoU-Missing "
+                        "(analysis tiles left out over the budget), X-IoU-Cached, "
+                        "X-IoU-Computed, X-IoU-Model, X-IoU-Cache (ok|unavailable)."
+                    ),
+                },
+                **ERROR_RESPONSES,
+            },
+        )
+        def metric_tile(
+            tileMatrixSetId: TMSId,
+            format: Annotated[MetricFormat, Path(description="png, webp, tif or npy.")],
+            storm: Annotated[Storm, Depends(self.path_dependency)],
+            metric: Annotated[str, Depends(self.metric_dependency)],
+            tile: Annotated[Tile, Depends(self.tile_dependency)],
+            budget: Annotated[int, Depends(self.budget_dependency)],
+            colormap: Annotated[ColorMapType | None, Depends(self.colormap_dependency)],
+            render_params: Annotated[DefaultDependency, Depends(self.render_dependency)],
+        ) -> Response:
+            """A tile of one metric: values of the analysis tiles under it (computed on demand
+            within the budget, cached in Redis), one block per analysis tile or aggregate."""
+            minzoom, maxzoom = zoom_range(engine, storm)
+            if not minzoom <= tile.z <= maxzoom:
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"zoom {tile.z} outside {minzoom}..{maxzoom} for storm {storm.name!r}",
+                )
+            grid: TileGrid = engine.tile_grid(storm.name, tile, budget)
+            img = metric_image(grid.values, grid.has_imagery, tile, metric)
+            content, media_type = encode_metric_tile(
+                img, format, self._colormap(colormap), _rescale(render_params)
+            )
+            headers = {
+                "X-IoU-Missing": str(grid.missing),
+                "X-IoU-Cached": str(grid.cached),
+                "X-IoU-Computed": str(grid.computed),
+                "X-IoU-Model": engine.model_id,
+                "X-IoU-Cache": "ok" if grid.cache_ok else "unavailable",
+                "Content-Bbox": ",".join(map(str, img.bounds)),
+            }
+            if uri := CRS_to_uri(img.crs):
+                headers["Content-Crs"] = f"<{uri}>"
+            if grid.missing:
+                # Incomplete: a later request may draw it whole, so do not let clients keep it.
+                headers["Cache-Control"] = "no-store"
+            return Response(content, media_type=media_type, headers=headers)
+
+    def tilejson(self) -> None:
+        engine = self.engine
+
+        @self.router.get(
+            "/{metric}/{tileMatrixSetId}/tilejson.json",
+            summary="TileJSON of a metric layer, with its legend",
+            response_model=MetricTileJSON,
+            response_model_exclude_none=True,
+            operation_id=f"{self.operation_prefix}getMetricTileJSON",
+            responses=ERROR_RESPONSES,
+        )
+        def metric_tilejson(
+            request: Request,
+            tileMatrixSetId: TMSId,
+            storm: Annotated[Storm, Depends(self.path_dependency)],
+            metric: Annotated[str, Depends(self.metric_dependency)],
+            colormap: Annotated[ColorMapType | None, Depends(self.colormap_dependency)],
+            render_params: Annotated[DefaultDependency, Depends(self.render_dependency)],
+            budget: Annotated[int, Depends(self.budget_dependency)],
+            tile_format: Annotated[
+                MetricFormat, Query(description="Format of the tile URLs.")
+            ] = MetricFormat.png,
+        ) -> MetricTileJSON:
+            """TileJSON 3.0 of one metric layer; ``legend_stops`` gives the colour scale."""
+            minzoom, maxzoom = zoom_range(engine, storm)
+            url = self.url_for(
+                request,
+                "metric_tile",
+                metric=metric,
+                tileMatrixSetId=tileMatrixSetId,
+                z="{z}",
+                x="{x}",
+                y="{y}",
+                format=tile_format.value,
+            )
+            qs = [(k, v) for k, v in request.query_params.multi_items() if k != "tile_format"]
+            if qs:
+                url += f"?{urlencode(qs)}"
+            vmin, vmax = _rescale(render_params)
+            name = request.query_params.get("colormap_name")
+            if colormap is None and not request.query_params.get("colormap"):
+                name = self.default_colormap
+            return MetricTileJSON(
+                name=f"{storm.name} {metric}",
+                description=f"Predicted {metric} of storm {storm.name!r} (model {engine.model_id})",
+                tiles=[url],
+                minzoom=minzoom,
+                maxzoom=maxzoom,
+                bounds=list(storm.bounds),
+                metric=metric,
+                colormap_name=name,
+                rescale=(vmin, vmax),
+                legend_stops=legend_stops(self._colormap(colormap), vmin, vmax),
+                model_id=engine.model_id,
+            )
+
+    def wmts(self) -> None:
+        engine = self.engine
+
+        @self.router.get(
+            "/{metric}/WMTSCapabilities.xml",
+            summary="OGC WMTS capabilities of a metric layer",
+            response_class=XMLResponse,
+            operation_id=f"{self.operation_prefix}getMetricWMTS",
+            responses={
+                200: {"content": {"application/xml": {}}, "description": "WMTS 1.0.0 (RESTful)."},
+                **ERROR_RESPONSES,
+            },
+        )
+        def metric_wmts(
+            request: Request,
+            storm: Annotated[Storm, Depends(self.path_dependency)],
+            metric: Annotated[str, Depends(self.metric_dependency)],
+            colormap: Annotated[ColorMapType | None, Depends(self.colormap_dependency)],
+            render_params: Annotated[DefaultDependency, Depends(self.render_dependency)],
+            budget: Annotated[int, Depends(self.budget_dependency)],
+            tile_format: Annotated[
+                MetricFormat, Query(description="Format of the tiles (tif for raw floats).")
+            ] = MetricFormat.png,
+        ) -> Response:
+            """RESTful WMTS capabilities (titiler's template) of one metric layer."""
+            minzoom, maxzoom = zoom_range(engine, storm)
+            qs = urlencode(
+                [(k, v) for k, v in request.query_params.multi_items() if k != "tile_format"]
+            )
+            layers = []
+            matrix_sets = []
+            for tms_id in self.supported_tms.list():
+                tms = self.supported_tms.get(tms_id)
+                url = self.url_for(
+                    request,
+                    "metric_tile",
+                    metric=metric,
+                    tileMatrixSetId=tms_id,
+                    z="{TileMatrix}",
+                    x="{TileCol}",
+                    y="{TileRow}",
+                    format=tile_format.value,
+                )
+                ident = f"{storm.name}_{metric}_{tms_id}"
+                layers.append(
+                    {
+                        "title": ident,
+                        "identifier": ident,
+                        "tms_identifier": tms_id,
+                        "tms_limits": tms_limits(tms, storm.bounds, zooms=(minzoom, maxzoom)),
+                        "tiles_url": url,
+                        "query_string": qs,
+                        "bbox_crs_type": "WGS84BoundingBox",
+                        "bbox_crs_uri": "urn:ogc:def:crs:OGC:2:84",
+                        "bbox": storm.bounds,
+                    }
+                )
+                matrix_sets.append({"id": tms_id, "crs": tms.crs.srs, "matrices": tms.tileMatrices})
+            media = (
+                "image/tiff"
+                if tile_format is MetricFormat.tif
+                else ImageType(tile_format.value).mediatype
+            )
+            return self.wmts_templates.TemplateResponse(
+                request,
+                name="wmts.xml",
+                context={"layers": layers, "tileMatrixSets": matrix_sets, "media_type": media},
+                media_type="application/xml",
+            )
+
+
+@define(kw_only=True)
+class StormsFactory(BaseFactory):
+    """The storm catalog and the metric point lookup."""
+
+    engine: MetricEngine
+    path_dependency: Callable[..., Storm]
+
+    def register_routes(self) -> None:
+        self.list_storms()
+        self.storm_detail()
+        self.point()
+
+    def info(self, request: Request, storm: Storm) -> StormInfo:
+        _, backend = self.engine.storm(storm.name)
+        fp = storm.footprints
+        w, s, e, n = storm.bounds
+        base = str(request.base_url).rstrip("/") + f"/storms/{storm.name}"
+        return StormInfo(
+            name=storm.name,
+            bounds=(w, s, e, n),
+            center=((w + e) / 2, (s + n) / 2),
+            minzoom=backend.minzoom,
+            maxzoom=backend.maxzoom,
+            analysis_zoom=self.engine.analysis_zoom,
+            scenes=len(fp),
+            labelled_scenes=int(fp["label_path"].notna().sum()),
+            metrics=list(METRICS),
+            links=[
+                Link(href=base, rel="self"),
+                Link(
+                    href=f"{base}/imagery/WebMercatorQuad/tilejson.json",
+                    rel="imagery",
+                    title="Imagery TileJSON",
+                ),
+                Link(
+                    href=f"{base}/metrics/miou/WebMercatorQuad/tilejson.json",
+                    rel="metric",
+                    title="mIoU TileJSON (replace miou by any metric)",
+                ),
+                Link(href=f"{base}/point/{{lon}},{{lat}}", rel="point", title="Point lookup"),
+            ],
+        )
+
+    def list_storms(self) -> None:
+        @self.router.get(
+            "/storms",
+            summary="List the storms",
+            response_model=StormList,
+            operation_id=f"{self.operation_prefix}listStorms",
+        )
+        def list_storms(request: Request) -> StormList:
+            """Every ingested storm with its bounds, zooms and scene counts."""
+            names = self.engine.catalog.names()
+            return StormList(storms=[self.info(request, self.engine.storm(n)[0]) for n in names])
+
+    def storm_detail(self) -> None:
+        @self.router.get(
+            "/storms/{storm}",
+            summary="One storm",
+            response_model=StormInfo,
+            operation_id=f"{self.operation_prefix}getStorm",
+            responses=ERROR_RESPONSES,
+        )
+        def get_storm(
+            request: Request, storm: Annotated[Storm, Depends(self.path_dependency)]
+        ) -> StormInfo:
+            """Bounds, zooms, scene counts and links of one storm."""
+            return self.info(request, storm)
+
+    def point(self) -> None:
+        @self.router.get(
+            "/storms/{storm}/point/{lon},{lat}",
+            summary="Metrics at a coordinate",
+            response_model=PointMetrics,
+            operation_id=f"{self.operation_prefix}getPointMetrics",
+            responses=ERROR_RESPONSES,
+        )
+        def point_metrics(
+            storm: Annotated[Storm, Depends(self.path_dependency)],
+            lon: Annotated[float, Path(ge=-180, le=180, description="Longitude (EPSG:4326).")],
+            lat: Annotated[float, Path(ge=-85.06, le=85.06, description="Latitude (EPSG:4326).")],
+        ) -> PointMetrics:
+            """The metric vector of the analysis tile at ``lon,lat`` (computed when not cached);
+            404 outside the storm's imagery."""
+            tile, entry, from_cache = self.engine.point(storm.name, lon, lat)
+            assert entry.values is not None  # engine.point raises OutsideStorm otherwise
+            metrics = {
+                m: (None if math.isnan(float(v)) else float(v))
+                for m, v in zip(METRICS, entry.values, strict=True)
+            }
+            b = mercantile.bounds(tile)
+            return PointMetrics(
+                storm=storm.name,
+                coordinates=(lon, lat),
+                tile=AnalysisTile(
+                    z=tile.z, x=tile.x, y=tile.y, bounds=(b.west, b.south, b.east, b.north)
+                ),
+                metrics=metrics,
+                model_id=self.engine.model_id,
+                from_cache=from_cache,
+            )
+
+
+@define(kw_only=True)
+class HealthFactory(BaseFactory):
+    """``/healthz``: always 200; ``degraded`` while Redis is unreachable."""
+
+    engine: MetricEngine
+
+    def register_routes(self) -> None:
+        @self.router.get(
+            "/healthz",
+            summary="Service health",
+            response_model=Health,
+            operation_id=f"{self.operation_prefix}getHealth",
+        )
+        def healthz() -> Health:
+            """Redis reachability, the model id and the model-call counters."""
+            store = self.engine.store
+            redis_ok = store is not None and store.ping()
+            return Health(
+                status="ok" if redis_ok else "degraded",
+                redis=redis_ok,
+                model_id=self.engine.model_id,
+                model_calls=self.engine.model_calls,
+                tiles_computed=self.engine.tiles_computed,
+            )

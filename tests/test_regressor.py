@@ -1,0 +1,133 @@
+"""Metric regressor: structure, model id, save/load, refusals, retrace-free inference."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from iou_maps.classes import METRICS
+from iou_maps.regressor import (
+    RegressorError,
+    build_regressor,
+    load_regressor,
+    masked_loss,
+    save_regressor,
+    split_by_scene,
+    train_regressor,
+)
+
+from .conftest import tiny_segmentation
+
+META = {"input_size": [64, 64], "analysis_zoom": 18, "segmentation": "tiny"}
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return tiny_segmentation()
+
+
+@pytest.fixture(scope="module")
+def chips() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 255, (9, 256, 256, 3), dtype=np.uint8)
+
+
+def test_encoder_is_frozen_and_decoder_cut(seg) -> None:
+    model = build_regressor(seg)
+    encoder = model.get_layer("encoder")
+    assert not encoder.trainable and encoder.trainable_weights == []
+    assert all("up_sampling" not in layer.name for layer in encoder.layers)
+    assert model.output.shape[-1] == len(METRICS)
+    # The encoder's weights are the segmentation model's own, not copies.
+    seg_kernel = seg.model.get_layer("encoder_bottleneck").weights[0]
+    assert any(w is seg_kernel for w in encoder.weights)
+
+
+def test_round_trip_same_outputs_and_model_id(seg, chips, tmp_path) -> None:
+    model = build_regressor(seg)
+    saved = save_regressor(model, META, tmp_path / "r")
+    loaded = load_regressor(tmp_path / "r")
+    assert saved.model_id == loaded.model_id and len(saved.model_id) == 12
+    np.testing.assert_array_equal(saved.predict(chips), loaded.predict(chips))
+    again = save_regressor(loaded.model, loaded.metadata, tmp_path / "r2")
+    assert again.model_id == saved.model_id
+    meta = json.loads((tmp_path / "r" / "metadata.json").read_text())
+    assert meta["metrics"] == list(METRICS) and meta["model_id"] == saved.model_id
+
+
+def test_changed_weight_changes_the_id(seg, tmp_path) -> None:
+    model = build_regressor(seg)
+    first = save_regressor(model, META, tmp_path / "a").model_id
+    w = model.get_layer("metrics").kernel
+    w.assign(w.numpy() + 1e-3)
+    assert save_regressor(model, META, tmp_path / "b").model_id != first
+
+
+def test_refuses_mismatched_classes_and_tampered_files(seg, tmp_path) -> None:
+    save_regressor(build_regressor(seg), META, tmp_path / "r")
+    meta_path = tmp_path / "r" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+
+    bad = tmp_path / "classes"
+    shutil.copytree(tmp_path / "r", bad)
+    (bad / "metadata.json").write_text(json.dumps({**meta, "classes": ["water", "land"]}))
+    with pytest.raises(RegressorError, match="classes"):
+        load_regressor(bad)
+    with pytest.raises(RegressorError, match="segmentation model has 5"):
+        load_regressor(tmp_path / "r", nclasses=5)
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "r", tampered)
+    (tampered / "metadata.json").write_text(json.dumps({**meta, "analysis_zoom": 17}))
+    with pytest.raises(RegressorError, match="model id"):
+        load_regressor(tampered)
+    with pytest.raises(RegressorError, match="missing"):
+        load_regressor(tmp_path / "nothing")
+
+
+def test_one_trace_for_every_batch_size(seg, chips, tmp_path) -> None:
+    reg = save_regressor(build_regressor(seg), META, tmp_path / "r")
+    outs = [reg.predict(chips[:n]) for n in (1, 2, 5, 9)]
+    assert reg.trace_count() == 1
+    assert all(o.shape == (n, 6) for o, n in zip(outs, (1, 2, 5, 9), strict=True))
+    assert np.all((outs[-1] >= 0) & (outs[-1] <= 1))
+    # Batching does not change a tile's numbers.
+    np.testing.assert_allclose(outs[-1][:1], outs[0], atol=1e-5)
+    with pytest.raises(ValueError, match="chips"):
+        reg.predict(chips[:, :128])
+
+
+def test_masked_loss_ignores_absent_classes() -> None:
+    y = np.array([[0.5, np.nan, 1.0, np.nan, 0.75, 0.8]], np.float32)
+    p = np.array([[0.5, 0.9, 1.0, 0.1, 0.75, 0.8]], np.float32)
+    assert float(keras.ops.convert_to_numpy(masked_loss(y, p))[0]) == pytest.approx(0.0)
+    p2 = p.copy()
+    p2[0, 0] = 0.0
+    assert float(keras.ops.convert_to_numpy(masked_loss(y, p2))[0]) > 0
+
+
+def test_split_by_scene_keeps_validation_scenes_out_of_training() -> None:
+    sets = [frozenset({f"s{i % 6}", f"s{(i + 1) % 6}"}) for i in range(60)]
+    train, val, val_scenes = split_by_scene(sets, 0.3, seed=0)
+    assert train.any() and val.any()
+    for s, is_train in zip(sets, train, strict=True):
+        assert is_train == (not (s & set(val_scenes)))
+
+
+def test_training_learns_a_learnable_target(seg) -> None:
+    # The target is the share of the chip covered by noisy texture (the rest is flat):
+    # structure that survives per-image standardisation, so the frozen encoder can see it.
+    rng = np.random.default_rng(0)
+    level = rng.random(80)
+    chips = np.full((80, 256, 256, 3), 120, np.uint8)
+    for i, lv in enumerate(level):
+        cols = int(lv * 256)
+        chips[i, :, :cols] = rng.integers(0, 255, (256, cols, 3))
+    y = np.repeat(level[:, None], 6, axis=1).astype(np.float32)
+    sets = [frozenset({f"s{i % 8}"}) for i in range(80)]
+    model, report = train_regressor(seg, chips, y, sets, epochs=200, patience=50, augment=False)
+    assert report["scores"]["miou"]["pearson_r"] > 0.8
+    assert report["scores"]["miou"]["mae"] < report["scores"]["miou"]["baseline_mae"]
