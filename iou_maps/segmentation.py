@@ -245,7 +245,7 @@ def demo_config() -> dict[str, Any]:
         "KERNEL": 3,
         "STRIDE": 2,
         "BATCH_SIZE": 16,
-        "FILTERS": 4,
+        "FILTERS": 6,
         "N_DATA_BANDS": 3,
         "DROPOUT": 0.1,
         "DROPOUT_CHANGE_PER_LAYER": 0.0,
@@ -254,7 +254,7 @@ def demo_config() -> dict[str, Any]:
         "DO_TRAIN": True,
         "LOSS": "cat",
         "PATIENCE": 5,
-        "MAX_EPOCHS": 4,
+        "MAX_EPOCHS": 8,
         "VALIDATION_SPLIT": 0.15,
         # Short schedule: no ramp-up (gym's 20-epoch ramp would waste a CPU budget).
         "RAMPUP_EPOCHS": 0,

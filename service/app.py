@@ -27,12 +27,9 @@ from titiler.core.factory import ColorMapFactory, TMSFactory
 from titiler.core.routing import EndpointScope
 from titiler.mosaic.extensions.wmts import wmtsExtension
 
-from iou_maps.catalog import Catalog
 from iou_maps.classes import METRICS
 from iou_maps.config import Settings
-from iou_maps.engine import MetricEngine
-from iou_maps.metric_store import connect
-from iou_maps.models import load_regressor_model
+from iou_maps.engine import MetricEngine, open_engine
 from iou_maps.mosaic import StormBackend
 from iou_maps.render import DEFAULT_COLORMAP
 from service.dependencies import (
@@ -59,13 +56,9 @@ templates = Jinja2Templates(
 
 
 def create_engine(settings: Settings) -> MetricEngine:
-    """The metric engine of the configured model, catalog and Redis."""
-    data_dir = settings.data_dir.resolve()
-    predictor = load_regressor_model(data_dir, settings.model)
-    # The model was trained on chips of one zoom: it decides; the setting is the fallback.
-    zoom = int(getattr(predictor, "analysis_zoom", settings.analysis_zoom))
-    client = connect(settings.redis_url, data_dir)
-    return MetricEngine(Catalog(data_dir), predictor, client, zoom, settings.compute_budget)
+    """The metric engine of the configured model, catalog and Redis (the model decides the
+    analysis zoom: it was trained on chips of that zoom)."""
+    return open_engine(settings.model_copy(update={"data_dir": settings.data_dir.resolve()}))
 
 
 def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAPI:
