@@ -21,7 +21,7 @@ from _common import OUT, log, private_redis, progress
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", default=OUT / "precompute", help="working data directory")
-    p.add_argument("--scenes", type=int, default=40, help="scenes of the storm")
+    p.add_argument("--scenes", type=int, default=80, help="scenes of the storm")
     p.add_argument("--size", type=int, default=2560, help="scene size in pixels")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=4)

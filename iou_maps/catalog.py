@@ -44,6 +44,7 @@ from rasterio.transform import Affine
 from rasterio.warp import calculate_default_transform, reproject
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
+from rio_tiler.constants import WEB_MERCATOR_TMS
 from shapely.geometry import shape
 
 from iou_maps.classes import NODATA_LABEL
@@ -416,10 +417,16 @@ def _write_cog(
     crs: RioCRS,
     transform: Affine,
     nodata: int,
+    resampling: str,
     overview_resampling: str,
     tags: dict[str, str] | None = None,
 ) -> None:
-    """Write ``array`` (bands, H, W) as a COG at ``dst``, atomically (temp name + rename)."""
+    """Write ``array`` (bands, H, W) as a web-optimized COG at ``dst``, atomically.
+
+    The COG is reprojected to Web Mercator and aligned with the XYZ tile grid (rio-cogeo's
+    ``tms`` option), so a tile read is a block read instead of a warp: ~3x faster tiles for
+    the service and precompute, at the cost of one resampling at ingest.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     profile = dict(
         driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0],
@@ -438,6 +445,7 @@ def _write_cog(
                 cog_profile.update(predictor=2, blockxsize=256, blockysize=256)
                 cog_translate(
                     ds, tmp, cog_profile, nodata=nodata, overview_resampling=overview_resampling,
+                    resampling=resampling, tms=WEB_MERCATOR_TMS, zoom_level_strategy="auto",
                     in_memory=True, quiet=True, forward_ns_tags=True,
                 )  # fmt: skip
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; the service may run as another user
@@ -543,7 +551,9 @@ def ingest(
                 rgb[:, black] = 1
                 rgb[:, ~raster.valid] = 0
                 tags = {"TIFFTAG_DATETIME": raster.datetime} if raster.datetime else None
-                _write_cog(rgb, scene_cog, raster.crs, raster.transform, 0, "average", tags)
+                _write_cog(
+                    rgb, scene_cog, raster.crs, raster.transform, 0, "bilinear", "average", tags
+                )
                 label_rel = None
                 if raster.label is not None:
                     label = raster.label.copy()
@@ -551,7 +561,7 @@ def ingest(
                     label_rel = f"labels/{src.scene_id}.tif"
                     _write_cog(
                         label[None], storm_dir / label_rel, raster.crs, raster.transform,
-                        NODATA_LABEL, "mode",
+                        NODATA_LABEL, "nearest", "mode",
                     )  # fmt: skip
                 rows.append(
                     {

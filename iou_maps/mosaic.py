@@ -130,6 +130,9 @@ def read_tile(
             tilesize=tilesize,
             resampling_method="nearest" if backend.labels else "bilinear",
             allowed_exceptions=(TileOutsideBounds,),
+            # Callers already read many tiles in parallel; reading a tile's scenes in order
+            # skips the per-tile thread pool and stops once the first scenes fill the tile.
+            threads=0,
         )  # fmt: skip
     except NoAssetFoundError:
         return None
