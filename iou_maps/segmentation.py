@@ -254,7 +254,7 @@ def demo_config() -> dict[str, Any]:
         "DO_TRAIN": True,
         "LOSS": "cat",
         "PATIENCE": 5,
-        "MAX_EPOCHS": 8,
+        "MAX_EPOCHS": 12,
         "VALIDATION_SPLIT": 0.15,
         # Short schedule: no ramp-up (gym's 20-epoch ramp would waste a CPU budget).
         "RAMPUP_EPOCHS": 0,
@@ -282,7 +282,7 @@ def demo_config() -> dict[str, Any]:
         "LOSS_WEIGHTS": False,
         "MODE": "all",
         "SET_PCI_BUS_ID": False,
-        "TESTTIMEAUG": False,
+        "TESTTIMEAUG": True,
         "OTSU_THRESHOLD": False,
     }
 
@@ -504,9 +504,15 @@ class SegmentationModel:
         self._check(images)
         n, h, w = images.shape[:3]
         out = np.empty((n, h, w, self.cfg.nclasses), dtype=np.float32)
+        tta = bool(self.cfg.raw.get("TESTTIMEAUG", False))
         for i in range(0, n, batch_size):
             x = _tf_standardize(_resize_images(images[i : i + batch_size], self.cfg.target_size))
             p = self.model(x, training=False)
+            if tta:
+                # segmentation_gym's TESTTIMEAUG: average the softmax over flipped copies.
+                for axes in ([1], [2], [1, 2]):
+                    p += tf.reverse(self.model(tf.reverse(x, axes), training=False), axes)
+                p = p / 4.0
             if (h, w) != self.cfg.target_size:
                 p = tf.image.resize(p, (h, w), "bilinear")
             out[i : i + batch_size] = np.asarray(p, dtype=np.float32)

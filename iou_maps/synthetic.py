@@ -389,7 +389,7 @@ def render_world(
     if m.any():
         xm, hm = x[m], hard[m]
         is_ocean = ocean_water[m][:, None]
-        deep = np.where(is_ocean, np.float32([26, 66, 92]), np.float32([58, 84, 80]))
+        deep = np.where(is_ocean, np.float32([26, 66, 92]), np.float32([50, 80, 94]))
         shallow_d = np.where(is_ocean[:, 0], xm - ocean[m], sound[m] + coves[m] - xm)
         shallow = np.clip(1 - shallow_d / 70, 0, 1)[:, None]
         col = deep + (np.float32([70, 118, 122]) - deep) * shallow * 0.6

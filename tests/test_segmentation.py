@@ -232,6 +232,23 @@ def test_predict_any_size_and_scene():
         seg.predict(chips[..., :2])
 
 
+def test_test_time_augmentation_averages_flips():
+    cfg = SegmentationConfig.from_dict(gym_config())
+    model = build_model(cfg)
+    randomise(model, seed=3)
+    plain = SegmentationModel(cfg, model)
+    tta = SegmentationModel(SegmentationConfig.from_dict(gym_config(TESTTIMEAUG=True)), model)
+    chips = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    flips = [
+        plain.predict_proba(chips),
+        plain.predict_proba(chips[:, ::-1])[:, ::-1],
+        plain.predict_proba(chips[:, :, ::-1])[:, :, ::-1],
+        plain.predict_proba(chips[:, ::-1, ::-1])[:, ::-1, ::-1],
+    ]
+    np.testing.assert_allclose(tta.predict_proba(chips), np.mean(flips, axis=0), atol=1e-5)
+    assert not np.allclose(flips[0], flips[1], atol=1e-3)  # the flips really differ
+
+
 def test_bottleneck_is_the_smallest_layer():
     for model in ("resunet", "simple_unet"):
         cfg = SegmentationConfig.from_dict(gym_config(MODEL=model, STRIDE=2))
