@@ -203,6 +203,8 @@ class MetricEngine:
             except ImageryReadError as exc:
                 return exc
 
+        if len(tiles) == 1:  # a lone tile (a point, a zoomed-in tile): skip the thread hop
+            return [one(tiles[0])]
         return list(self._pool.map(one, tiles))
 
     def infer(self, chips: np.ndarray) -> np.ndarray:

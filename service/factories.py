@@ -118,8 +118,10 @@ def encode_metric_tile(
         crs=img.crs,
         band_names=img.band_names,
     )
+    # Metric tiles are blocks of flat colour: the fastest zlib level compresses them as well.
+    options: dict[str, Any] = {"ZLEVEL": 1} if fmt.value == "png" else {}
     return render_image(
-        scaled, colormap=colormap, output_format=ImageType(fmt.value), rescale=[rescale]
+        scaled, colormap=colormap, output_format=ImageType(fmt.value), rescale=[rescale], **options
     )
 
 
