@@ -8,6 +8,7 @@
 - ``HealthFactory``: ``/healthz``.
 """
 
+import io
 import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -19,9 +20,10 @@ from attrs import define, field
 from fastapi import Depends, HTTPException, Path, Query
 from mercantile import Tile
 from morecantile.defaults import TileMatrixSets
+from PIL import Image as PILImage
 from rio_tiler.models import ImageData
 from rio_tiler.types import ColorMapType
-from rio_tiler.utils import CRS_to_uri
+from rio_tiler.utils import CRS_to_uri, linear_rescale
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
@@ -109,6 +111,8 @@ def encode_metric_tile(
         image_type = ImageType(fmt.value)
         kwargs: dict[str, Any] = {"nodata": float("nan")} if fmt is MetricFormat.tif else {}
         return render_image(img, output_format=image_type, add_mask=False, **kwargs)
+    if isinstance(colormap, dict):
+        return _encode_with_lut(img, fmt, colormap, rescale)
     # Masked pixels hold NaN: zero them so the uint8 rescale is defined; the mask keeps them
     # transparent.
     data = np.where(img.array.mask, 0.0, img.array.data).astype(np.float32)
@@ -118,11 +122,37 @@ def encode_metric_tile(
         crs=img.crs,
         band_names=img.band_names,
     )
-    # Metric tiles are blocks of flat colour: the fastest zlib level compresses them as well.
-    options: dict[str, Any] = {"ZLEVEL": 1} if fmt.value == "png" else {}
     return render_image(
-        scaled, colormap=colormap, output_format=ImageType(fmt.value), rescale=[rescale], **options
+        scaled, colormap=colormap, output_format=ImageType(fmt.value), rescale=[rescale]
     )
+
+
+def _encode_with_lut(
+    img: ImageData, fmt: MetricFormat, colormap: dict, rescale: tuple[float, float]
+) -> tuple[bytes, str]:
+    """Colour-map through a 256-entry lookup table and encode with Pillow.
+
+    Same colours as rio-tiler's rescale + apply_cmap (its linear_rescale, truncated to uint8),
+    at a fraction of the cost: GDAL's PNG path took ~5 ms of a ~9 ms cached metric tile.
+    """
+    mask = np.ma.getmaskarray(img.array)[0]
+    band = np.where(mask, 0.0, img.array.data[0])
+    index = np.where(mask, 0, linear_rescale(band, in_range=rescale)).astype(np.uint8)
+    lut = np.zeros((256, 4), np.uint8)
+    for value, color in colormap.items():
+        if 0 <= int(value) < 256:
+            rgba = tuple(color) + (255,) * (4 - len(color))
+            lut[int(value)] = rgba[:4]
+    rgba = lut[index]
+    rgba[mask, 3] = 0
+    out = io.BytesIO()
+    image = PILImage.fromarray(rgba, "RGBA")
+    if fmt.value == "png":
+        # Metric tiles are blocks of flat colour: the fastest zlib level compresses them well.
+        image.save(out, format="PNG", compress_level=1)
+    else:
+        image.save(out, format="WEBP", lossless=True)
+    return out.getvalue(), ImageType(fmt.value).mediatype
 
 
 def _rescale(render_params: DefaultDependency) -> tuple[float, float]:
