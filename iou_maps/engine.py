@@ -111,6 +111,7 @@ class MetricEngine:
         self._inflight: dict[tuple[str, Tile], Future[Entry]] = {}
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
+        self._geom_lock = threading.Lock()
         self._storms: dict[str, tuple[float, Storm, StormBackend]] = {}
         self.cache_ok = True
 
@@ -139,8 +140,11 @@ class MetricEngine:
             return np.zeros(0, bool)
         boxes = tile_polygons(list(tiles))
         cov = storm.coverage
-        shapely.prepare(cov)
-        return shapely.intersects(cov, boxes) & ~shapely.touches(cov, boxes)
+        # GEOS prepared geometries build their indexes lazily and are not thread-safe:
+        # concurrent requests sharing a storm's coverage crashed the server without this.
+        with self._geom_lock:
+            shapely.prepare(cov)
+            return shapely.intersects(cov, boxes) & ~shapely.touches(cov, boxes)
 
     # ------------------------------------------------------------------ cache access
 
@@ -357,7 +361,9 @@ class MetricEngine:
     def point(self, storm: str, lon: float, lat: float) -> tuple[Tile, Entry, bool]:
         """(analysis tile, entry, came from cache) at a coordinate; OutsideStorm outside it."""
         st, _ = self.storm(storm)
-        if not shapely.intersects(st.coverage, shapely.Point(lon, lat)):
+        with self._geom_lock:
+            inside = bool(shapely.intersects(st.coverage, shapely.Point(lon, lat)))
+        if not inside:
             raise OutsideStorm(f"({lon}, {lat}) is outside every scene of storm {storm!r}")
         tile = mercantile.tile(lon, lat, self.analysis_zoom)
         vals = self.analysis_values(storm, [tile], budget=1)

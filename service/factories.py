@@ -105,14 +105,21 @@ def encode_metric_tile(
     fmt: MetricFormat,
     colormap: ColorMapType,
     rescale: tuple[float, float] = (0.0, 1.0),
+    cells: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[bytes, str]:
-    """Raw formats keep float32 values (NaN = no value); images are colour-mapped with alpha."""
+    """Raw formats keep float32 values (NaN = no value); images are colour-mapped with alpha.
+
+    ``cells``: the (n, n) values and invalid mask that ``img`` was drawn from; colouring them
+    before enlarging to the tile size is the same picture with 1/k² of the work.
+    """
     if fmt.raw:
         image_type = ImageType(fmt.value)
         kwargs: dict[str, Any] = {"nodata": float("nan")} if fmt is MetricFormat.tif else {}
         return render_image(img, output_format=image_type, add_mask=False, **kwargs)
     if isinstance(colormap, dict):
-        return _encode_with_lut(img, fmt, colormap, rescale)
+        if cells is None:
+            cells = (img.array.data[0], np.ma.getmaskarray(img.array)[0])
+        return _encode_with_lut(*cells, fmt, colormap, rescale, size=img.height)
     # Masked pixels hold NaN: zero them so the uint8 rescale is defined; the mask keeps them
     # transparent.
     data = np.where(img.array.mask, 0.0, img.array.data).astype(np.float32)
@@ -128,15 +135,19 @@ def encode_metric_tile(
 
 
 def _encode_with_lut(
-    img: ImageData, fmt: MetricFormat, colormap: dict, rescale: tuple[float, float]
+    band: np.ndarray,
+    mask: np.ndarray,
+    fmt: MetricFormat,
+    colormap: dict,
+    rescale: tuple[float, float],
+    size: int,
 ) -> tuple[bytes, str]:
     """Colour-map through a 256-entry lookup table and encode with Pillow.
 
     Same colours as rio-tiler's rescale + apply_cmap (its linear_rescale, truncated to uint8),
     at a fraction of the cost: GDAL's PNG path took ~5 ms of a ~9 ms cached metric tile.
     """
-    mask = np.ma.getmaskarray(img.array)[0]
-    band = np.where(mask, 0.0, img.array.data[0])
+    band = np.where(mask, 0.0, band)
     index = np.where(mask, 0, linear_rescale(band, in_range=rescale)).astype(np.uint8)
     lut = np.zeros((256, 4), np.uint8)
     for value, color in colormap.items():
@@ -145,6 +156,9 @@ def _encode_with_lut(
             lut[int(value)] = rgba[:4]
     rgba = lut[index]
     rgba[mask, 3] = 0
+    k = size // rgba.shape[0]
+    if k > 1:
+        rgba = np.repeat(np.repeat(rgba, k, axis=0), k, axis=1)
     out = io.BytesIO()
     image = PILImage.fromarray(rgba, "RGBA")
     if fmt.value == "png":
@@ -245,9 +259,11 @@ class MetricTilerFactory(BaseFactory):
                 )
             grid: TileGrid = engine.tile_grid(storm.name, tile, budget)
             img = metric_image(grid.values, grid.has_imagery, tile, metric)
+            band = grid.values[:, :, METRICS.index(metric)]
             content, media_type = encode_metric_tile(
-                img, format, self._colormap(colormap), _rescale(render_params)
-            )
+                img, format, self._colormap(colormap), _rescale(render_params),
+                cells=(band, ~grid.has_imagery | np.isnan(band)),
+            )  # fmt: skip
             headers = {
                 "X-IoU-Missing": str(grid.missing),
                 "X-IoU-Cached": str(grid.cached),
