@@ -84,3 +84,19 @@ def private_redis() -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def save_demo_size_regressor(directory: Path) -> None:
+    """A regressor of the demo architecture (fresh weights: speed does not depend on them)."""
+    from iou_maps.regressor import build_regressor, save_regressor
+    from iou_maps.segmentation import (
+        SegmentationConfig,
+        SegmentationModel,
+        build_model,
+        demo_config,
+    )
+
+    cfg = SegmentationConfig.from_dict(demo_config())
+    seg = SegmentationModel(cfg, build_model(cfg))
+    meta = {"input_size": list(cfg.target_size), "analysis_zoom": 18}
+    save_regressor(build_regressor(seg), meta, directory)

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import log
+from _common import log, save_demo_size_regressor
 
 
 def rate(predict, chips, batch: int, seconds: float) -> float:
@@ -30,19 +30,10 @@ def main() -> None:
     a = p.parse_args()
     import numpy as np
 
-    from iou_maps.regressor import build_regressor, load_regressor, save_regressor
-    from iou_maps.segmentation import (
-        SegmentationConfig,
-        SegmentationModel,
-        build_model,
-        demo_config,
-    )
+    from iou_maps.regressor import load_regressor
 
-    cfg = SegmentationConfig.from_dict(demo_config())
-    seg = SegmentationModel(cfg, build_model(cfg))
     with tempfile.TemporaryDirectory() as tmp:
-        save_regressor(build_regressor(seg), {"input_size": list(cfg.target_size),
-                                              "analysis_zoom": 18}, Path(tmp))  # fmt: skip
+        save_demo_size_regressor(Path(tmp))
         reg = load_regressor(Path(tmp))
     chips = np.random.default_rng(0).integers(0, 255, (32, 256, 256, 3), dtype=np.uint8)
     r1 = rate(reg.predict, chips, 1, a.seconds)

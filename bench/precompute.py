@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import OUT, log, private_redis, progress
+from _common import OUT, log, private_redis, progress, save_demo_size_regressor
 
 
 def main() -> None:
@@ -35,23 +35,14 @@ def main() -> None:
     from iou_maps.engine import MetricEngine
     from iou_maps.models import regressor_dir
     from iou_maps.precompute import precompute, storm_tiles
-    from iou_maps.regressor import build_regressor, load_regressor, save_regressor
-    from iou_maps.segmentation import (
-        SegmentationConfig,
-        SegmentationModel,
-        build_model,
-        demo_config,
-    )
+    from iou_maps.regressor import load_regressor
 
     data = Path(a.data_dir)
     with progress() as pr:
         ensure_storm(data, "big", seed=7, scenes=a.scenes, size=a.size, progress=pr, log=log)
     target = regressor_dir(data, "bench")
     if not (target / "metadata.json").is_file():
-        cfg = SegmentationConfig.from_dict(demo_config())
-        seg = SegmentationModel(cfg, build_model(cfg))
-        save_regressor(build_regressor(seg), {"input_size": list(cfg.target_size),
-                                              "analysis_zoom": 18}, target)  # fmt: skip
+        save_demo_size_regressor(target)
     reg = load_regressor(target)
 
     with private_redis() as url:
