@@ -100,3 +100,33 @@ def save_demo_size_regressor(directory: Path) -> None:
     seg = SegmentationModel(cfg, build_model(cfg))
     meta = {"input_size": list(cfg.target_size), "analysis_zoom": 18}
     save_regressor(build_regressor(seg), meta, directory)
+
+
+#: The storms of bench/out/pipeline (seed → scenes), shared by segmentation_spread.py and
+#: regressor_accuracy.py: both reuse the same storms and the same trained "bench" model.
+PIPELINE_STORMS = {1: 24, 2: 16, 3: 16}
+
+
+def pipeline_data_dir(path: Path | str, fresh: bool) -> Path:
+    data = Path(path)
+    if fresh and data.exists():
+        shutil.rmtree(data)
+    return data
+
+
+def pipeline_storm(data: Path, seed: int, pr: Callable) -> object:
+    """Storm ``seed<N>`` of the pipeline benches, generated and ingested once."""
+    from iou_maps.demo import ensure_storm
+
+    return ensure_storm(
+        data, f"seed{seed}", seed=seed, scenes=PIPELINE_STORMS[seed], size=1536,
+        progress=pr, log=log,
+    )  # fmt: skip
+
+
+def pipeline_segmentation(data: Path, pr: Callable) -> tuple[object, object]:
+    """(storm seed1, the demo-size segmentation model trained on it), trained once."""
+    from iou_maps.demo import ensure_segmentation
+
+    train = pipeline_storm(data, 1, pr)
+    return train, ensure_segmentation(data, "bench", [train], 18, progress=pr, log=log)

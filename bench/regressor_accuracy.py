@@ -11,14 +11,12 @@ segmentation_spread.py (--fresh starts over).
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
 
-from _common import OUT, log, progress
+from _common import OUT, log, pipeline_data_dir, pipeline_segmentation, pipeline_storm, progress
 
 from iou_maps.catalog import Catalog
 from iou_maps.classes import METRICS
-from iou_maps.demo import ensure_evaluation, ensure_regressor, ensure_segmentation, ensure_storm
+from iou_maps.demo import ensure_evaluation, ensure_regressor
 from iou_maps.pipeline import regressor_training_set
 from iou_maps.regressor import evaluation_scores
 
@@ -26,22 +24,16 @@ from iou_maps.regressor import evaluation_scores
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", default=OUT / "pipeline", help="working data directory")
-    p.add_argument("--scenes", type=int, default=24, help="scenes per storm")
-    p.add_argument("--test-scenes", type=int, default=16, help="scenes of the held-out storm")
     p.add_argument("--fresh", action="store_true", help="delete the working directory first")
     a = p.parse_args()
     import geopandas as gpd
     import numpy as np
 
-    data = Path(a.data_dir)
-    if a.fresh and data.exists():
-        shutil.rmtree(data)
+    data = pipeline_data_dir(a.data_dir, a.fresh)
     with progress() as pr:
-        s1 = ensure_storm(data, "seed1", seed=1, scenes=a.scenes, size=1536, progress=pr, log=log)
-        s2 = ensure_storm(data, "seed2", seed=2, scenes=16, size=1536, progress=pr, log=log)
-        s3 = ensure_storm(data, "seed3", seed=3, scenes=a.test_scenes, size=1536, progress=pr,
-                          log=log)  # fmt: skip
-        seg = ensure_segmentation(data, "bench", [s1], 18, progress=pr, log=log)
+        s1, seg = pipeline_segmentation(data, pr)
+        s2 = pipeline_storm(data, 2, pr)
+        s3 = pipeline_storm(data, 3, pr)
         t1 = ensure_evaluation(data, "bench", s1, seg, 18, progress=pr, log=log)
         t2 = ensure_evaluation(data, "bench", s2, seg, 18, progress=pr, log=log)
         t3 = ensure_evaluation(data, "bench", s3, seg, 18, progress=pr, log=log)
