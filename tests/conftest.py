@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
+import iou_maps  # noqa: F401  (sets TensorFlow's environment before any test imports it)
+
 
 def free_port() -> int:
     with socket.socket() as s:
