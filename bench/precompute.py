@@ -78,6 +78,8 @@ def main() -> None:
     print(f"analysis tiles: {summary.total} (computed {summary.computed}, without imagery "
           f"{summary.no_imagery}, failed {summary.failed}), aggregates {summary.aggregated}, "
           f"Redis keys {keys}")  # fmt: skip
+    for reason in summary.failures[:5]:
+        print(f"failed: {reason}")
     print(
         f"precompute: {pre_rate:.1f} tiles/s over {summary.seconds:.1f} s; "
         f"raw batched inference: {raw_rate:.1f} tiles/s on {len(stack)} pre-loaded tiles"

@@ -31,7 +31,7 @@ from iou_maps.classes import NMETRICS
 from iou_maps.config import Settings
 from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
 from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
-from iou_maps.mosaic import SceneReadError, StormBackend, read_tile
+from iou_maps.mosaic import OpenScenes, SceneReadError, StormBackend, read_tile
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ class MetricEngine:
         self._model_lock = threading.Lock()
         self._geom_lock = threading.Lock()
         self._storms: dict[str, tuple[float, Storm, StormBackend]] = {}
+        #: Open scene files shared by every read of this engine (and the service's imagery).
+        self.scenes = OpenScenes()
         self.cache_ok = True
 
     @property
@@ -121,6 +123,7 @@ class MetricEngine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.scenes.close()
 
     # ------------------------------------------------------------------ storms
 
@@ -130,7 +133,7 @@ class MetricEngine:
         mtime = storm.footprints_path.stat().st_mtime
         cached = self._storms.get(name)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, storm, StormBackend(storm))
+            cached = (mtime, storm, StormBackend(storm, scenes=self.scenes))
             self._storms[name] = cached
         return cached[1], cached[2]
 

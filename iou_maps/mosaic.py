@@ -8,20 +8,31 @@ query on ``footprints.parquet`` (no scan, no MosaicJSON to keep in sync).
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attr
 import mercantile
 import numpy as np
+import rasterio
 import shapely
 from morecantile import TileMatrixSet
+from rasterio import windows
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from rio_tiler import reader as rio_reader
 from rio_tiler.constants import WEB_MERCATOR_TMS, WGS84_CRS
 from rio_tiler.errors import NoAssetFoundError, TileOutsideBounds
+from rio_tiler.expression import parse_expression
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic.backend import BaseBackend
+from rio_tiler.types import BBox, Indexes
 
 from iou_maps.catalog import Storm
 from iou_maps.classes import NODATA_LABEL
@@ -43,12 +54,79 @@ class SceneReadError(RuntimeError):
     """A scene file of a storm could not be read; the message names the scene."""
 
 
+class OpenScenes:
+    """Open scene datasets kept for reuse between reads.
+
+    Opening a COG (parsing its header and tile index) costs far more than reading one 256 px
+    block of it: a tile read that opened its scenes each time spent ~90% of its time opening.
+    A dataset is used by one thread at a time (GDAL handles are not thread-safe): ``open``
+    checks out an idle one or opens a new one, and puts it back afterwards. A replaced file
+    (a re-ingest) has a new inode or mtime, so its stale handles are never reused.
+    """
+
+    def __init__(self, max_idle: int = 64) -> None:
+        self.max_idle = max_idle
+        self._idle: OrderedDict[tuple[str, int, int], list[Any]] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[Any]:
+        st = os.stat(path)
+        key = (str(path), st.st_ino, st.st_mtime_ns)
+        with self._lock:
+            handles = self._idle.get(key)
+            dataset = handles.pop() if handles else None
+            if dataset is not None:
+                self._count -= 1
+                if not handles:
+                    del self._idle[key]
+        if dataset is None:
+            dataset = rasterio.open(path)
+        try:
+            yield dataset
+        except BaseException:
+            dataset.close()  # it may be in a bad state: do not hand it out again
+            raise
+        self._put_back(key, dataset)
+
+    def _put_back(self, key: tuple[str, int, int], dataset: Any) -> None:
+        evicted = []
+        with self._lock:
+            self._idle.setdefault(key, []).append(dataset)
+            self._idle.move_to_end(key)
+            self._count += 1
+            while self._count > self.max_idle:
+                old_key, handles = next(iter(self._idle.items()))
+                evicted.append(handles.pop(0))
+                self._count -= 1
+                if not handles:
+                    del self._idle[old_key]
+        for ds in evicted:
+            ds.close()
+
+    def close(self) -> None:
+        with self._lock:
+            handles = [ds for hs in self._idle.values() for ds in hs]
+            self._idle.clear()
+            self._count = 0
+        for ds in handles:
+            ds.close()
+
+
 @attr.s
 class SceneReader(Reader):
-    """rio-tiler's Reader, naming the scene when its file is unreadable (e.g. corrupt)."""
+    """rio-tiler's Reader, naming the scene when its file is unreadable (e.g. corrupt).
+
+    ``scenes``: a pool of open datasets to read from instead of opening the file anew.
+    """
+
+    scenes: OpenScenes | None = attr.ib(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         try:
+            if self.dataset is None and self.scenes is not None:
+                self.dataset = self._ctx_stack.enter_context(self.scenes.open(self.input))
             super().__attrs_post_init__()
         except Exception as exc:
             raise SceneReadError(f"scene {_scene_name(self.input)}: {exc}") from exc
@@ -62,6 +140,73 @@ class SceneReader(Reader):
             raise SceneReadError(
                 f"scene {_scene_name(self.input)}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def part(
+        self,
+        bbox: BBox,
+        dst_crs: CRS | None = None,
+        bounds_crs: CRS = WGS84_CRS,
+        height: int | None = None,
+        width: int | None = None,
+        max_size: int | None = None,
+        indexes: Indexes | None = None,
+        expression: str | None = None,
+        buffer: float | None = None,
+        **kwargs: Any,
+    ) -> ImageData:
+        """rio-tiler's ``part``, with a fast path for reads on the scene's own pixel grid.
+
+        Scenes are web-optimized COGs, so a tile at the scene's zoom is exactly a whole
+        number of its pixels. The window rio-tiler computes from the tile bounds is off by
+        float noise (e.g. 1536.0000000019), which makes GDAL resample across neighbouring
+        blocks: ~5 ms instead of ~0.5 ms, and pixels that are not quite the stored ones. Such
+        windows are snapped to the grid and read as they are stored.
+        """
+        window = self._grid_window(bbox, dst_crs, bounds_crs, height, width, buffer, kwargs)
+        if window is None:
+            return super().part(
+                bbox, dst_crs=dst_crs, bounds_crs=bounds_crs, height=height, width=width,
+                max_size=max_size, indexes=indexes, expression=expression, buffer=buffer,
+                **kwargs,
+            )  # fmt: skip
+        options = {k: v for k, v in {**self.options, **kwargs}.items() if k in _READ_OPTIONS}
+        if expression:
+            indexes = parse_expression(expression)
+        img = rio_reader.read(
+            self.dataset, indexes=indexes, window=window, width=width, height=height, **options
+        )
+        img.assets = [self.input]
+        return img.apply_expression(expression) if expression else img
+
+    def _grid_window(
+        self,
+        bbox: BBox,
+        dst_crs: CRS | None,
+        bounds_crs: CRS,
+        height: int | None,
+        width: int | None,
+        buffer: float | None,
+        kwargs: dict[str, Any],
+    ) -> Window | None:
+        """The integer window of ``bbox`` when it lies on the scene's pixel grid, else None."""
+        crs = self.dataset.crs
+        if buffer or not height or not width or bounds_crs != crs or (dst_crs or crs) != crs:
+            return None
+        if set(kwargs) - _READ_OPTIONS - {"padding"} or self.options.get("vrt_options"):
+            return None
+        win = windows.from_bounds(*bbox, transform=self.dataset.transform)
+        edges = np.array([win.col_off, win.row_off, win.width, win.height], np.float64)
+        snapped = np.round(edges)
+        if np.abs(edges - snapped).max() > 1e-6 or (snapped[2], snapped[3]) != (width, height):
+            return None
+        col, row, w, h = (int(v) for v in snapped)
+        return Window(col, row, w, h)
+
+
+#: Options of rio_tiler.reader.read that the grid fast path passes on.
+_READ_OPTIONS = frozenset(
+    {"nodata", "resampling_method", "reproject_method", "unscale", "post_process", "out_dtype"}
+)
 
 
 def _scene_name(path: Any) -> str:
@@ -77,11 +222,15 @@ class StormBackend(BaseBackend):
     tms: TileMatrixSet = attr.ib(default=WEB_MERCATOR_TMS)
     reader: type[Reader] = attr.ib(default=SceneReader)
     reader_options: dict = attr.ib(factory=dict)
+    #: Open datasets shared by every backend of a process (needs a SceneReader ``reader``).
+    scenes: OpenScenes | None = attr.ib(default=None)
 
     minzoom: int = attr.ib(init=False)
     maxzoom: int = attr.ib(init=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.scenes is not None:
+            self.reader_options = {"scenes": self.scenes, **self.reader_options}
         self.bounds = self.input.bounds
         self.crs = WGS84_CRS
         self.minzoom, self.maxzoom = storm_zoom_range(self.input)

@@ -13,6 +13,7 @@ Routes::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ from titiler.mosaic.extensions.wmts import wmtsExtension
 from iou_maps.classes import METRICS
 from iou_maps.config import Settings
 from iou_maps.engine import MetricEngine, open_engine
-from iou_maps.mosaic import StormBackend
+from iou_maps.mosaic import SceneReader, StormBackend
 from iou_maps.render import DEFAULT_COLORMAP
 from service.dependencies import (
     SUPPORTED_TMS,
@@ -91,7 +92,9 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
         {"path": "/tiles/WebMercatorQuad/0/0/0.png", "method": "GET"},
     ]
     imagery = StormMosaicFactory(
-        backend=StormBackend,
+        # The engine's open scenes: imagery and metric reads share one pool of handles.
+        backend=functools.partial(StormBackend, scenes=engine.scenes),  # type: ignore[arg-type]
+        dataset_reader=SceneReader,
         path_dependency=storm_path,
         router_prefix="/storms/{storm}/imagery",
         supported_tms=SUPPORTED_TMS,

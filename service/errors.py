@@ -14,6 +14,7 @@ from titiler.core.errors import DEFAULT_STATUS_CODES
 from iou_maps.catalog import InvalidStormName, StormNotFound
 from iou_maps.engine import ImageryReadError, OutsideStorm
 from iou_maps.models import ModelNotFound
+from iou_maps.mosaic import SceneReadError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     StormNotFound: 404,
     OutsideStorm: 404,
     ImageryReadError: 500,
+    SceneReadError: 500,
     ModelNotFound: 503,
 }
 
