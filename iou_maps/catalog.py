@@ -425,7 +425,9 @@ def _write_cog(
 
     The COG is reprojected to Web Mercator and aligned with the XYZ tile grid (rio-cogeo's
     ``tms`` option), so a tile read is a block read instead of a warp: ~3x faster tiles for
-    the service and precompute, at the cost of one resampling at ingest.
+    the service and precompute, at the cost of one resampling at ingest. ZSTD (with the
+    horizontal predictor) decodes a 256 px block in about half the time of DEFLATE, for
+    files of the same size: decoding is most of the cost of a precompute read.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     profile = dict(
@@ -441,7 +443,11 @@ def _write_cog(
                 if tags:
                     ds.update_tags(**tags)
             with mem.open() as ds:
-                cog_profile = cog_profiles.get("deflate").copy()
+                with warnings.catch_warnings():
+                    # rio-cogeo warns that old libtiff builds lack ZSTD; the COGs are read by
+                    # this service's own GDAL, clients get tiles over HTTP.
+                    warnings.simplefilter("ignore", UserWarning)
+                    cog_profile = cog_profiles.get("zstd").copy()
                 cog_profile.update(predictor=2, blockxsize=256, blockysize=256)
                 cog_translate(
                     ds, tmp, cog_profile, nodata=nodata, overview_resampling=overview_resampling,

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,7 +32,14 @@ from iou_maps.classes import NMETRICS
 from iou_maps.config import Settings
 from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
 from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
-from iou_maps.mosaic import OpenScenes, SceneReadError, StormBackend, read_tile
+from iou_maps.mosaic import (
+    OffGrid,
+    OpenScenes,
+    SceneReadError,
+    StormBackend,
+    read_grid_tiles,
+    read_tile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,19 +193,20 @@ class MetricEngine:
         try:
             img = read_tile(backend, tile.x, tile.y, tile.z)
         except Exception as exc:  # rasterio/rio-tiler raise many types for a bad file
-            reason = str(exc) if isinstance(exc, SceneReadError) else f"{type(exc).__name__}: {exc}"
-            raise ImageryReadError(
-                f"cannot read imagery for tile {tile.z}/{tile.x}/{tile.y} of storm "
-                f"{backend.input.name!r}: {reason}"
-            ) from exc
+            raise self._read_error(backend, tile, exc) from exc
         if img is None:
             return None
-        mask = np.asarray(img.mask).astype(bool)
-        if mask.mean() < MIN_VALID_FRACTION:
-            return None
-        rgb = np.asarray(img.data[:3]).astype(np.uint8)
-        rgb[:, ~mask] = 0
-        return np.moveaxis(rgb, 0, -1)
+        return _chip(img.data, np.asarray(img.mask).astype(bool))
+
+    @staticmethod
+    def _read_error(backend: StormBackend, tile: Tile, exc: Exception) -> ImageryReadError:
+        reason = str(exc) if isinstance(exc, SceneReadError) else f"{type(exc).__name__}: {exc}"
+        err = ImageryReadError(
+            f"cannot read imagery for tile {tile.z}/{tile.x}/{tile.y} of storm "
+            f"{backend.input.name!r}: {reason}"
+        )
+        err.__cause__ = exc
+        return err
 
     def read_chips(
         self, backend: StormBackend, tiles: Sequence[Tile]
@@ -213,6 +222,48 @@ class MetricEngine:
         if len(tiles) == 1:  # a lone tile (a point, a zoomed-in tile): skip the thread hop
             return [one(tiles[0])]
         return list(self._pool.map(one, tiles))
+
+    def stream_chips(
+        self,
+        backend: StormBackend,
+        tiles: Sequence[Tile],
+        pool: Executor,
+        chunk: int = 32,
+        ahead: int = 4,
+    ) -> Iterator[tuple[Tile, np.ndarray | None | ImageryReadError]]:
+        """Chips of many tiles (exactly as ``read_chip`` gives them), in order, for bulk work.
+
+        Chunks of tiles are read in ``pool``, ``ahead`` chunks before the consumer, with the
+        bulk grid read (one stored block per tile and scene, no per-read machinery); tiles
+        off the grid are read with ``read_chip``. Failures come as ImageryReadError values.
+        """
+        tiles = list(tiles)
+
+        def one(t: Tile) -> np.ndarray | None | ImageryReadError:
+            try:
+                return self.read_chip(backend, t)
+            except ImageryReadError as exc:
+                return exc
+
+        def read_chunk(part: list[Tile]) -> list[np.ndarray | None | ImageryReadError]:
+            chips: list[np.ndarray | None | ImageryReadError] = []
+            for t, got in zip(part, read_grid_tiles(backend, part), strict=True):
+                if isinstance(got, OffGrid):
+                    chips.append(one(t))
+                elif isinstance(got, SceneReadError):
+                    chips.append(self._read_error(backend, t, got))
+                else:
+                    chips.append(None if got is None else _chip(got.data, _valid(got)))
+            return chips
+
+        parts = deque(tiles[i : i + chunk] for i in range(0, len(tiles), chunk))
+        pending: deque[tuple[list[Tile], Future]] = deque()
+        while parts or pending:
+            while parts and len(pending) < ahead:
+                part = parts.popleft()
+                pending.append((part, pool.submit(read_chunk, part)))
+            part, fut = pending.popleft()
+            yield from zip(part, fut.result(), strict=True)
 
     def infer(self, chips: np.ndarray) -> np.ndarray:
         """One regressor call on a batch (serialised: TensorFlow already uses every core)."""
@@ -374,6 +425,21 @@ class MetricEngine:
         if not entry.has_imagery:
             raise OutsideStorm(f"no imagery of storm {storm!r} at ({lon}, {lat})")
         return tile, entry, vals.cached == 1
+
+
+def _valid(array: np.ma.MaskedArray) -> np.ndarray:
+    """Pixels with data in any band (rio-tiler's ImageData.mask)."""
+    return np.logical_or.reduce(~np.ma.getmaskarray(array))
+
+
+def _chip(data: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
+    """(H, W, 3) uint8 chip with zeros where there is no imagery; None if almost empty."""
+    if valid.mean() < MIN_VALID_FRACTION:
+        return None
+    rgb = np.asarray(data[:3], dtype=np.uint8)
+    if not valid.all():
+        rgb = rgb * valid  # a new array: zeros where no band has data
+    return np.moveaxis(rgb, 0, -1)
 
 
 def open_engine(settings: Settings, *, budget: int | None = None) -> MetricEngine:

@@ -11,8 +11,9 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import attr
@@ -23,6 +24,7 @@ import shapely
 from morecantile import TileMatrixSet
 from rasterio import windows
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rio_tiler import reader as rio_reader
@@ -32,7 +34,9 @@ from rio_tiler.expression import parse_expression
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic.backend import BaseBackend
+from rio_tiler.mosaic.methods.defaults import FirstMethod
 from rio_tiler.types import BBox, Indexes
+from rio_tiler.utils import cast_to_sequence
 
 from iou_maps.catalog import Storm
 from iou_maps.classes import NODATA_LABEL
@@ -172,11 +176,41 @@ class SceneReader(Reader):
         options = {k: v for k, v in {**self.options, **kwargs}.items() if k in _READ_OPTIONS}
         if expression:
             indexes = parse_expression(expression)
-        img = rio_reader.read(
-            self.dataset, indexes=indexes, window=window, width=width, height=height, **options
-        )
+        img = self._read_stored(window, indexes, options)
+        if img is None:
+            img = rio_reader.read(
+                self.dataset, indexes=indexes, window=window, width=width, height=height,
+                **options,
+            )  # fmt: skip
         img.assets = [self.input]
         return img.apply_expression(expression) if expression else img
+
+    def _read_stored(
+        self, window: Window, indexes: Indexes | None, options: dict[str, Any]
+    ) -> ImageData | None:
+        """The stored pixels of an integer window, masked where they equal the nodata value.
+
+        rio_tiler.reader.read gives the same, but a window reaching past the scene's edge goes
+        through a boundless VRT there, and its mask assignment (``numpy.ma`` ``__setmask__``)
+        alone took ~25 ms for a 2048 px block. Here the in-scene part is read as it is stored
+        and the rest is left masked. None where that shortcut does not apply.
+        """
+        ds = self.dataset
+        nodata = options.get("nodata", ds.nodata)
+        if set(options) - {"nodata", "resampling_method", "reproject_method"}:
+            return None  # unscale, post_process, out_dtype: rio-tiler's read
+        if not _plain_nodata(ds, nodata):
+            return None
+        bands = [int(i) for i in cast_to_sequence(indexes)] if indexes else list(ds.indexes)
+        return ImageData(
+            read_clipped(ds, window, bands, nodata),
+            bounds=windows.bounds(window, ds.transform),
+            crs=ds.crs,
+            band_names=[f"b{i}" for i in bands],
+            band_descriptions=[ds.descriptions[i - 1] or f"b{i}" for i in bands],
+            metadata=ds.tags(),
+            nodata=nodata,
+        )
 
     def _grid_window(
         self,
@@ -194,13 +228,44 @@ class SceneReader(Reader):
             return None
         if set(kwargs) - _READ_OPTIONS - {"padding"} or self.options.get("vrt_options"):
             return None
-        win = windows.from_bounds(*bbox, transform=self.dataset.transform)
-        edges = np.array([win.col_off, win.row_off, win.width, win.height], np.float64)
-        snapped = np.round(edges)
-        if np.abs(edges - snapped).max() > 1e-6 or (snapped[2], snapped[3]) != (width, height):
-            return None
-        col, row, w, h = (int(v) for v in snapped)
-        return Window(col, row, w, h)
+        return grid_window(self.dataset.transform, bbox, width, height)
+
+
+def grid_window(transform: Any, bbox: BBox, width: int, height: int) -> Window | None:
+    """The integer window of ``bbox`` (in the raster's CRS) when it is exactly ``width`` ×
+    ``height`` of the raster's pixels, up to float noise; None otherwise."""
+    win = windows.from_bounds(*bbox, transform=transform)
+    edges = np.array([win.col_off, win.row_off, win.width, win.height], np.float64)
+    snapped = np.round(edges)
+    if np.abs(edges - snapped).max() > 1e-6 or (snapped[2], snapped[3]) != (width, height):
+        return None
+    col, row, w, h = (int(v) for v in snapped)
+    return Window(col, row, w, h)
+
+
+def _plain_nodata(ds: Any, nodata: float | None) -> bool:
+    """A raster masked by a nodata value alone (no alpha band, not NaN)."""
+    return nodata is not None and not np.isnan(nodata) and ColorInterp.alpha not in ds.colorinterp
+
+
+def read_clipped(ds: Any, window: Window, bands: list[int], nodata: float) -> np.ma.MaskedArray:
+    """The stored pixels of an integer window, masked (per band) where they equal ``nodata``.
+
+    The part of the window past the raster's edge is nodata, as rio-tiler's boundless read
+    makes it, without the boundless VRT.
+    """
+    w, h = int(window.width), int(window.height)
+    col, row = int(window.col_off), int(window.row_off)
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + w, ds.width), min(row + h, ds.height)
+    if (c0, r0, c1, r1) == (col, row, col + w, row + h):  # inside the raster: the usual case
+        data = ds.read(bands, window=window)
+        return np.ma.MaskedArray(data, mask=data == nodata)
+    data = np.full((len(bands), h, w), nodata, dtype=ds.dtypes[bands[0] - 1])
+    if c1 > c0 and r1 > r0:
+        inside = ds.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0))
+        data[:, r0 - row : r1 - row, c0 - col : c1 - col] = inside
+    return np.ma.MaskedArray(data, mask=data == nodata)
 
 
 #: Options of rio_tiler.reader.read that the grid fast path passes on.
@@ -269,6 +334,24 @@ class StormBackend(BaseBackend):
         return _scene_name(asset)
 
 
+@dataclass
+class FirstFill(FirstMethod):
+    """rio-tiler's FirstMethod (each pixel from the first scene that has it), filled in place.
+
+    FirstMethod rebuilds the whole masked array for every scene it adds (``numpy.ma.where``
+    and a mask assignment): most of the time of a large block read. This copies only the
+    pixels that are still empty; the pixels and the mask are the same.
+    """
+
+    def feed(self, array: np.ma.MaskedArray) -> None:
+        if self.mosaic is None:
+            self.mosaic = np.ma.MaskedArray(array.data, mask=np.ma.getmaskarray(array))
+            return
+        hole = np.ma.getmaskarray(self.mosaic) & ~np.ma.getmaskarray(array)
+        np.copyto(self.mosaic.data, array.data, where=hole)
+        self.mosaic.mask[hole] = False  # ``mask`` is a view: this updates the mosaic's mask
+
+
 def read_tile(
     backend: StormBackend, x: int, y: int, z: int, tilesize: int = 256
 ) -> ImageData | None:
@@ -277,6 +360,7 @@ def read_tile(
         img, _ = backend.tile(
             x, y, z,
             tilesize=tilesize,
+            pixel_selection=FirstFill(),
             resampling_method="nearest" if backend.labels else "bilinear",
             allowed_exceptions=(TileOutsideBounds,),
             # Callers already read many tiles in parallel; reading a tile's scenes in order
@@ -300,3 +384,94 @@ def read_label_tile(
     label = np.asarray(img.data[0]).astype(np.uint8)
     label[~img.mask.astype(bool)] = NODATA_LABEL
     return label
+
+
+# --------------------------------------------------------------------------- bulk reads
+
+
+class OffGrid(Exception):
+    """A tile that is not on its scenes' pixel grid: read it with ``read_tile``."""
+
+
+def read_grid_tiles(
+    backend: StormBackend, tiles: list[mercantile.Tile], tilesize: int = 256
+) -> list[np.ma.MaskedArray | None | OffGrid | SceneReadError]:
+    """What ``read_tile`` gives for each tile (its masked array, or None without data), for
+    many tiles on their scenes' pixel grid, without rio-tiler's per-read machinery.
+
+    Each tile is one stored block of each of its scenes. Scenes are the same as
+    ``assets_for_tile`` picks (one spatial-index query for all tiles), taken in the same
+    order with the same pixel selection (FirstFill, stopping once the tile is full), so the
+    pixels and the mask are the same. This is the bulk path (precompute): ~0.6 ms a tile
+    instead of ~2 ms, most of it decoding the blocks. A tile that is off the grid of one of
+    its scenes gives OffGrid, a scene that cannot be read gives its SceneReadError.
+    """
+    out: list[np.ma.MaskedArray | None | OffGrid | SceneReadError] = [None] * len(tiles)
+    if not tiles:
+        return out
+    fp = backend.input.footprints
+    paths = fp["label_path" if backend.labels else "path"].to_numpy()
+    bounds = np.array([mercantile.bounds(t) for t in tiles], np.float64)
+    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+    tile_idx, scene_idx = fp.sindex.query(boxes, predicate="intersects")
+    order = np.lexsort((scene_idx, tile_idx))  # per tile, its scenes in footprints order
+    assets: dict[int, list[int]] = {}
+    for i, j in zip(tile_idx[order].tolist(), scene_idx[order].tolist(), strict=True):
+        if paths[j]:
+            assets.setdefault(i, []).append(j)
+    with ExitStack() as stack:
+        opened: dict[int, Any] = {}
+
+        def block(j: int, tile: mercantile.Tile) -> np.ma.MaskedArray | None:
+            """Tile ``tile`` of scene ``j`` (None: outside it); OffGrid, SceneReadError."""
+            try:
+                if j not in opened:
+                    opener = backend.scenes.open if backend.scenes is not None else rasterio.open
+                    opened[j] = stack.enter_context(opener(paths[j]))
+                ds = opened[j]
+                window = grid_window(ds.transform, mercantile.xy_bounds(tile), tilesize, tilesize)
+                on_grid = window is not None and ds.crs == WEB_MERCATOR_TMS.rasterio_crs
+                if not on_grid or not _plain_nodata(ds, ds.nodata):
+                    raise OffGrid(f"tile {tile} is not on the pixel grid of its scenes")
+                c, r = int(window.col_off), int(window.row_off)
+                if c >= ds.width or r >= ds.height or c + tilesize <= 0 or r + tilesize <= 0:
+                    return None  # rio-tiler skips such a scene (TileOutsideBounds)
+                return read_clipped(ds, window, list(ds.indexes), ds.nodata)
+            except OffGrid:
+                raise
+            except Exception as exc:  # rasterio raises many types for a bad file
+                name = _scene_name(paths[j])
+                raise SceneReadError(f"scene {name}: {type(exc).__name__}: {exc}") from exc
+
+        for i, t in enumerate(tiles):
+            scenes = assets.get(i, [])
+            for _attempt in (1, 2):
+                try:
+                    out[i] = _grid_mosaic(scenes, lambda j, t=t: block(j, t))
+                    break
+                except OffGrid as exc:
+                    out[i] = exc
+                    break
+                except SceneReadError as exc:
+                    # A failed GDAL read can leave its error pending in this thread, raised
+                    # by the next call on another file: a second attempt tells them apart.
+                    out[i] = exc
+    return out
+
+
+def _grid_mosaic(
+    scenes: list[int], block: Callable[[int], np.ma.MaskedArray | None]
+) -> np.ma.MaskedArray | None:
+    """FirstFill over the tile's blocks of ``scenes`` in order, as rio-tiler's mosaic does."""
+    selection = FirstFill()
+    for j in scenes:
+        pixels = block(j)
+        if pixels is None:
+            continue
+        selection.feed(pixels)
+        if selection.is_done:
+            break
+    mosaic = selection.data
+    if mosaic is None or not np.logical_or.reduce(~np.ma.getmaskarray(mosaic)).any():
+        return None
+    return mosaic

@@ -8,10 +8,11 @@ and finishes the job. ``refresh=True`` recomputes everything.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import mercantile
@@ -23,6 +24,8 @@ from iou_maps.engine import ImageryReadError, MetricEngine
 from iou_maps.grid import aggregate, tiles_intersecting
 from iou_maps.metric_store import NO_IMAGERY, Entry
 
+#: How much lower than the process the read threads run (see _yield_to_inference).
+READ_THREAD_NICENESS = 10
 #: Cache reads for the skip check go in chunks of this many tiles (one round trip each).
 LOOKUP_CHUNK = 4096
 
@@ -67,25 +70,18 @@ def storm_tiles(
     return tiles_intersecting(area, engine.analysis_zoom)
 
 
-def _read_ahead(
-    pool: ThreadPoolExecutor, read: Callable[[Tile], object], tiles: Sequence[Tile], window: int
-) -> Iterator[tuple[Tile, object]]:
-    """(tile, chip or exception) in order, keeping ``window`` reads in flight ahead."""
-    pending: deque[tuple[Tile, Future]] = deque()
-    it = iter(tiles)
-    for t in it:
-        pending.append((t, pool.submit(read, t)))
-        if len(pending) >= window:
-            break
-    while pending:
-        t, fut = pending.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt, pool.submit(read, nxt)))
-        try:
-            yield t, fut.result()
-        except ImageryReadError as exc:
-            yield t, exc
+def _yield_to_inference() -> None:
+    """Run this read thread at a lower priority than the rest of the process.
+
+    TensorFlow splits each op over every core and waits for the slowest part, so a read
+    thread that takes a core from it stalls the whole batch; at a lower priority the reads
+    fill the cores' idle moments instead (and still run at full speed when inference waits
+    for them). Linux sets priorities per thread; elsewhere this does nothing.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READ_THREAD_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
 
 def precompute(
@@ -129,13 +125,13 @@ def precompute(
             summary.computed += len(batch)
         store.set_many(storm, entries)  # one pipelined round trip per batch
 
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="precompute-read") as pool:
+    with ThreadPoolExecutor(
+        max(1, workers), thread_name_prefix="precompute-read", initializer=_yield_to_inference
+    ) as pool:
         batch: list[tuple[Tile, np.ndarray]] = []
         entries: dict[Tile, Entry] = {}
         pending = 0  # tiles read since the last write
-        for tile, chip in _read_ahead(
-            pool, lambda t: engine.read_chip(backend, t), todo, window=2 * batch_size
-        ):
+        for tile, chip in engine.stream_chips(backend, todo, pool, ahead=2 * max(1, workers)):
             pending += 1
             if isinstance(chip, ImageryReadError):
                 summary.failed += 1

@@ -15,7 +15,15 @@ from rasterio.windows import Window
 from rio_tiler.io import Reader
 
 from iou_maps.catalog import Catalog
-from iou_maps.mosaic import OpenScenes, SceneReader, StormBackend, read_tile
+from iou_maps.mosaic import (
+    OffGrid,
+    OpenScenes,
+    SceneReader,
+    SceneReadError,
+    StormBackend,
+    read_grid_tiles,
+    read_tile,
+)
 
 
 def _tiles_of(storm, zoom: int) -> list[mercantile.Tile]:
@@ -129,3 +137,45 @@ def test_open_scenes_under_concurrent_reads(served_data) -> None:
     for g, w in zip(got, want, strict=True):
         assert (g is None and w is None) or np.array_equal(g, w)
     pool.close()
+
+
+def test_bulk_grid_reads_are_tile_reads(served_data) -> None:
+    """The bulk path gives each tile exactly what read_tile gives: pixels, mask, or None."""
+    storm = Catalog(served_data.data_dir).storm(served_data.storm)
+    backend = StormBackend(storm, scenes=OpenScenes())
+    # Every analysis tile of the storm, plus a ring of tiles around it without any imagery.
+    w, s, e, n = storm.bounds
+    tiles = list(mercantile.tiles(w - 0.002, s - 0.002, e + 0.002, n + 0.002, zooms=[18]))
+    got = read_grid_tiles(backend, tiles)
+    with_data = overlaps = 0
+    for t, g in zip(tiles, got, strict=True):
+        ref = read_tile(backend, t.x, t.y, t.z)
+        if ref is None:
+            assert g is None, t
+            continue
+        assert isinstance(g, np.ma.MaskedArray), (t, g)
+        assert np.array_equal(g.data, ref.data) and np.array_equal(
+            np.logical_or.reduce(~np.ma.getmaskarray(g)), ref.mask.astype(bool)
+        )
+        with_data += 1
+        overlaps += len(ref.assets) > 1
+    assert with_data >= 8 and overlaps > 0  # tiles made of two scenes are checked too
+    assert any(g is None for g in got)
+
+
+def test_bulk_reads_off_the_grid_and_broken_scenes(served_data, tmp_path: Path) -> None:
+    storm = Catalog(served_data.data_dir).storm(served_data.storm)
+    backend = StormBackend(storm)
+    t = _tiles_of(storm, 17)[0]  # coarser than the scenes: an overview read
+    assert isinstance(read_grid_tiles(backend, [t])[0], OffGrid)
+
+    data = tmp_path / "data"
+    shutil.copytree(served_data.data_dir / "storms", data / "storms")
+    broken = Catalog(data).storm(served_data.storm)
+    tiles = _tiles_of(broken, 18)
+    first = Path(broken.footprints["path"].iloc[0])
+    first.write_bytes(first.read_bytes()[:4096])  # a truncated scene file
+    got = read_grid_tiles(StormBackend(broken), tiles)
+    errors = [g for g in got if isinstance(g, SceneReadError)]
+    assert errors and all(first.stem in str(e) for e in errors)
+    assert any(isinstance(g, np.ma.MaskedArray) for g in got)  # the other scenes still read
