@@ -1,8 +1,8 @@
 """Tile latency of the real service: imagery vs cached metric tiles vs cold metric tiles.
 
 Starts one uvicorn server (the service as deployed, embedded Redis unless --redis-url) over its
-own data directory (a synthetic storm and a small real regressor, generated on first run) and
-measures, for the analysis tiles of the storm:
+own data directory (a synthetic storm and a regressor of the demo's size, generated on first
+run) and measures, for the analysis tiles of the storm:
 
 (a) imagery tiles (PNG), (b) cached metric tiles (PNG), (c) cold metric tiles at the analysis
 zoom (Redis flushed before each round), and in-process, (d) the raw cost of the same work
@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import httpx  # noqa: E402
 import mercantile  # noqa: E402
@@ -38,19 +39,12 @@ MODEL = "bench"
 
 
 def make_data(data_dir: Path, scenes: int, seed: int) -> None:
-    """A synthetic storm and a small real (untrained) regressor: tests/conftest's recipe."""
-    import keras
+    """A synthetic storm and a regressor of the demo's architecture (the model the service
+    runs; its weights do not change the timings)."""
+    from _common import save_demo_size_regressor
 
     from iou_maps.catalog import ingest
-    from iou_maps.models import regressor_dir, segmentation_dir
-    from iou_maps.regressor import build_regressor, save_regressor
-    from iou_maps.segmentation import (
-        SegmentationConfig,
-        SegmentationModel,
-        build_model,
-        demo_config,
-        save_segmentation,
-    )
+    from iou_maps.models import regressor_dir
     from iou_maps.synthetic import generate_storm
 
     source = data_dir.parent / "source"
@@ -59,14 +53,7 @@ def make_data(data_dir: Path, scenes: int, seed: int) -> None:
     report = ingest(data_dir, STORM, [source])
     if not report.ingested:
         raise SystemExit(f"ingest failed: {report.skipped}")
-    cfg = demo_config()
-    cfg.update(TARGET_SIZE=[64, 64], FILTERS=4)
-    config = SegmentationConfig.from_dict(cfg)
-    keras.utils.set_random_seed(0)
-    seg = SegmentationModel(config, build_model(config))
-    save_segmentation(seg, segmentation_dir(data_dir, MODEL))
-    meta = {"input_size": list(seg.cfg.target_size), "analysis_zoom": 18, "segmentation": MODEL}
-    save_regressor(build_regressor(seg), meta, regressor_dir(data_dir, MODEL))
+    save_demo_size_regressor(regressor_dir(data_dir, MODEL))
 
 
 def timed(client: httpx.Client, urls: list[str]) -> list[float]:

@@ -12,6 +12,7 @@ The one path by which the service, the point lookup and precompute get numbers:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -124,6 +125,10 @@ class MetricEngine:
         #: Open scene files shared by every read of this engine (and the service's imagery).
         self.scenes = OpenScenes()
         self.cache_ok = True
+        # How many stores this engine has made: a request that saw the same number before its
+        # cache read can skip reading again once it holds the single-flight slots.
+        self._store_count = itertools.count(1)
+        self._stores = 0
 
     @property
     def model_id(self) -> str:
@@ -176,6 +181,7 @@ class MetricEngine:
         try:
             self.store.set_many(storm, entries)
             self.cache_ok = True
+            self._stores = next(self._store_count)
             return True
         except (redis.RedisError, OSError) as exc:
             self._cache_down(exc)
@@ -298,7 +304,9 @@ class MetricEngine:
         self._cache_set(storm, entries)
         return entries, failed
 
-    def _compute_single_flight(self, storm: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
+    def _compute_single_flight(
+        self, storm: str, tiles: Sequence[Tile], stores_seen: int | None = None
+    ) -> dict[Tile, Entry]:
         mine: list[Tile] = []
         theirs: dict[Tile, Future[Entry]] = {}
         with self._lock:
@@ -311,8 +319,11 @@ class MetricEngine:
                     theirs[t] = fut
         result: dict[Tile, Entry] = {}
         try:
-            # Another request may have stored these between our cache read and now.
-            result.update(self._cache_get(storm, mine))
+            # Another request may have stored these between our cache read and now (only
+            # possible if this engine stored anything since: values stored by other processes
+            # are at worst computed again).
+            if stores_seen is None or self._stores != stores_seen:
+                result.update(self._cache_get(storm, mine))
             todo = [t for t in mine if t not in result]
             computed, failed = self.compute(storm, todo) if todo else ({}, {})
             result.update(computed)
@@ -348,13 +359,14 @@ class MetricEngine:
         for t, ok in zip(tiles, inside, strict=True):
             if not ok:
                 out.entries[t] = NO_IMAGERY
+        stores_seen = self._stores
         cached = self._cache_get(storm, candidates)
         out.entries.update(cached)
         out.cached = len(cached)
         misses = [t for t in candidates if t not in cached]
         to_compute, out.missing = misses[:budget], misses[budget:]
         if to_compute:
-            computed = self._compute_single_flight(storm, to_compute)
+            computed = self._compute_single_flight(storm, to_compute, stores_seen)
             out.entries.update(computed)
             out.computed = len(computed)
         out.cache_ok = self.store is not None and self.cache_ok

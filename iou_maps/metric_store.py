@@ -92,11 +92,16 @@ class MetricStore:
             by_key.setdefault(key, []).append((field, t))
         if not by_key:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for key, items in by_key.items():
-            pipe.hmget(key, [f for f, _ in items])
+        if len(by_key) == 1:  # one bucket (a tile at the analysis zoom): no pipeline needed
+            ((key, items),) = by_key.items()
+            replies = [self.client.hmget(key, [f for f, _ in items])]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for key, items in by_key.items():
+                pipe.hmget(key, [f for f, _ in items])
+            replies = pipe.execute()
         out: dict[Tile, Entry] = {}
-        for (_key, items), raws in zip(by_key.items(), pipe.execute(), strict=True):
+        for (_key, items), raws in zip(by_key.items(), replies, strict=True):
             for (_field, tile), raw in zip(items, raws, strict=True):
                 if raw is not None:
                     out[tile] = unpack(raw)
@@ -109,6 +114,10 @@ class MetricStore:
             key, field = _key_field(self.model_id, storm, tile)
             by_key.setdefault(key, {})[field] = pack(entry.values, entry.count)
         if not by_key:
+            return
+        if len(by_key) == 1:
+            ((key, mapping),) = by_key.items()
+            self.client.hset(key, mapping=mapping)
             return
         pipe = self.client.pipeline(transaction=False)
         for key, mapping in by_key.items():

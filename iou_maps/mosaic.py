@@ -292,18 +292,22 @@ class StormBackend(BaseBackend):
 
     minzoom: int = attr.ib(init=False)
     maxzoom: int = attr.ib(init=False)
+    _paths: np.ndarray = attr.ib(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.scenes is not None:
             self.reader_options = {"scenes": self.scenes, **self.reader_options}
+        column = "label_path" if self.labels else "path"
+        self._paths = self.input.footprints[column].to_numpy()
         self.bounds = self.input.bounds
         self.crs = WGS84_CRS
         self.minzoom, self.maxzoom = storm_zoom_range(self.input)
 
     def _assets(self, geometry: shapely.Geometry) -> list[str]:
-        scenes = self.input.scenes_intersecting(geometry)
-        column = "label_path" if self.labels else "path"
-        return [p for p in scenes[column] if p]
+        # The spatial index and a plain array of paths: a GeoDataFrame row selection per
+        # tile read cost ~0.4 ms.
+        rows = np.sort(self.input.footprints.sindex.query(geometry, predicate="intersects"))
+        return [p for p in self._paths[rows] if p]
 
     def assets_for_tile(self, x: int, y: int, z: int, **kwargs: Any) -> list[str]:
         w, s, e, n = mercantile.bounds(x, y, z)

@@ -1,8 +1,10 @@
 """Injectable FastAPI dependencies of the IoU Maps endpoints (titiler style)."""
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import HTTPException, Path, Query
 from mercantile import Tile
@@ -12,7 +14,7 @@ from morecantile.defaults import TileMatrixSets
 from rio_tiler.colormap import ColorMaps
 from rio_tiler.colormap import cmap as default_cmap
 from rio_tiler.types import ColorMapType
-from titiler.core.dependencies import create_colormap_dependency
+from titiler.core.dependencies import ImageRenderingParams, create_colormap_dependency
 
 from iou_maps.catalog import Storm
 from iou_maps.classes import METRICS
@@ -49,20 +51,40 @@ class CachedColorMaps(ColorMaps):
         return cache[name]
 
 
+T = TypeVar("T")
+
+
+def inline(dependency: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``dependency`` run on the event loop, with the same parameters and documentation.
+
+    FastAPI runs every plain ``def`` dependency in its thread pool: a thread hop each, for
+    functions that only check query and path parameters. They add up on a tile request.
+    """
+
+    @functools.wraps(dependency)
+    async def run(**kwargs: object) -> T:
+        return dependency(**kwargs)
+
+    run.__signature__ = inspect.signature(dependency, eval_str=True)  # type: ignore[attr-defined]
+    return run
+
+
 cached_cmap = CachedColorMaps(data=default_cmap.data)
 #: titiler's colormap dependency (``colormap_name`` checked against the list, or ``colormap``
 #: JSON) over the cached colormaps.
-ColorMapParams = create_colormap_dependency(cached_cmap)
+ColorMapParams = inline(create_colormap_dependency(cached_cmap))
+#: titiler's rendering options (``rescale``, ``color_formula``, ``return_mask``).
+RenderParams = inline(ImageRenderingParams)
 
 
-def MetricParams(
+async def MetricParams(
     metric: Annotated[MetricName, Path(description=f"One of: {', '.join(METRICS)}.")],
 ) -> str:
     """The metric layer named in the path (FastAPI answers 422 naming the valid ones)."""
     return str(metric)
 
 
-def TileCoordsParams(
+async def TileCoordsParams(
     z: Annotated[int, Path(description="Zoom level.")],
     x: Annotated[int, Path(description="Tile column.")],
     y: Annotated[int, Path(description="Tile row.")],
@@ -74,13 +96,13 @@ def TileCoordsParams(
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
 
-def storm_dependency(engine: MetricEngine) -> Callable[..., Storm]:
+def storm_dependency(engine: MetricEngine) -> Callable[..., Awaitable[Storm]]:
     """A path dependency resolving ``{storm}`` to the engine's cached Storm (no ``url=``).
 
     The name is validated before any disk access (InvalidStormName → 422, unknown → 404).
     """
 
-    def StormPathParams(
+    async def StormPathParams(
         storm: Annotated[
             str,
             Path(description="Storm name: 1-64 characters of a-z, 0-9, '_' and '-'."),
@@ -91,10 +113,10 @@ def storm_dependency(engine: MetricEngine) -> Callable[..., Storm]:
     return StormPathParams
 
 
-def budget_dependency(cap: int) -> Callable[..., int]:
+def budget_dependency(cap: int) -> Callable[..., Awaitable[int]]:
     """The per-request compute budget: a query parameter capped by the settings."""
 
-    def BudgetParams(
+    async def BudgetParams(
         budget: Annotated[
             int | None,
             Query(

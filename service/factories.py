@@ -8,9 +8,10 @@
 - ``HealthFactory``: ``/healthz``.
 """
 
+import functools
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -27,7 +28,7 @@ from rio_tiler.utils import CRS_to_uri, linear_rescale
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
-from titiler.core.dependencies import DefaultDependency, ImageRenderingParams
+from titiler.core.dependencies import DefaultDependency
 from titiler.core.factory import BaseFactory
 from titiler.core.resources.enums import ImageType
 from titiler.core.resources.responses import XMLResponse
@@ -44,6 +45,7 @@ from service.dependencies import (
     ColorMapParams,
     MetricFormat,
     MetricParams,
+    RenderParams,
     TileCoordsParams,
     cached_cmap,
 )
@@ -149,24 +151,51 @@ def _encode_with_lut(
     """
     band = np.where(mask, 0.0, band)
     index = np.where(mask, 0, linear_rescale(band, in_range=rescale)).astype(np.uint8)
+    rgba = _lookup_table(colormap)[index]
+    rgba[mask, 3] = 0
+    if (rgba == rgba[0, 0]).all():
+        # One colour (a tile at the analysis zoom is one cell): the same bytes every time.
+        content = _flat_tile(bytes(rgba[0, 0]), fmt.value, size)
+        return content, ImageType(fmt.value).mediatype
+    k = size // rgba.shape[0]
+    if k > 1:
+        rgba = np.repeat(np.repeat(rgba, k, axis=0), k, axis=1)
+    return _encode_rgba(rgba, fmt.value), ImageType(fmt.value).mediatype
+
+
+def _lookup_table(colormap: dict) -> np.ndarray:
+    """(256, 4) uint8 RGBA of a rio-tiler colormap, kept for the named (shared) colormaps."""
+    cached = _LUTS.get(id(colormap))
+    if cached is not None and cached[0] is colormap:
+        return cached[1]
     lut = np.zeros((256, 4), np.uint8)
     for value, color in colormap.items():
         if 0 <= int(value) < 256:
             rgba = tuple(color) + (255,) * (4 - len(color))
             lut[int(value)] = rgba[:4]
-    rgba = lut[index]
-    rgba[mask, 3] = 0
-    k = size // rgba.shape[0]
-    if k > 1:
-        rgba = np.repeat(np.repeat(rgba, k, axis=0), k, axis=1)
+    if len(_LUTS) >= 64:
+        _LUTS.clear()  # custom JSON colormaps are new objects each request: keep it bounded
+    _LUTS[id(colormap)] = (colormap, lut)  # the reference keeps the id from being reused
+    return lut
+
+
+_LUTS: dict[int, tuple[dict, np.ndarray]] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _flat_tile(rgba: bytes, fmt: str, size: int) -> bytes:
+    return _encode_rgba(np.broadcast_to(np.frombuffer(rgba, np.uint8), (size, size, 4)), fmt)
+
+
+def _encode_rgba(rgba: np.ndarray, fmt: str) -> bytes:
     out = io.BytesIO()
-    image = PILImage.fromarray(rgba, "RGBA")
-    if fmt.value == "png":
+    image = PILImage.fromarray(np.ascontiguousarray(rgba), "RGBA")
+    if fmt == "png":
         # Metric tiles are blocks of flat colour: the fastest zlib level compresses them well.
         image.save(out, format="PNG", compress_level=1)
     else:
         image.save(out, format="WEBP", lossless=True)
-    return out.getvalue(), ImageType(fmt.value).mediatype
+    return out.getvalue()
 
 
 def _rescale(render_params: DefaultDependency) -> tuple[float, float]:
@@ -194,13 +223,14 @@ class StormMosaicFactory(MosaicTilerFactory):
 class MetricTilerFactory(BaseFactory):
     """Metric tiles, TileJSON and WMTS of the metric layers of a storm."""
 
+    # Dependencies may be plain or async functions (FastAPI awaits the latter, on the loop).
     engine: MetricEngine
-    path_dependency: Callable[..., Storm]
-    budget_dependency: Callable[..., int]
-    metric_dependency: Callable[..., str] = MetricParams
-    tile_dependency: Callable[..., Tile] = TileCoordsParams
-    colormap_dependency: Callable[..., ColorMapType | None] = ColorMapParams
-    render_dependency: type[DefaultDependency] = ImageRenderingParams
+    path_dependency: Callable[..., Storm | Awaitable[Storm]]
+    budget_dependency: Callable[..., int | Awaitable[int]]
+    metric_dependency: Callable[..., str | Awaitable[str]] = MetricParams
+    tile_dependency: Callable[..., Tile | Awaitable[Tile]] = TileCoordsParams
+    colormap_dependency: Callable[..., Awaitable[ColorMapType | None]] = ColorMapParams
+    render_dependency: Callable[..., Awaitable[DefaultDependency]] = RenderParams
     supported_tms: TileMatrixSets = SUPPORTED_TMS
     default_colormap: str = DEFAULT_COLORMAP
     wmts_templates: Jinja2Templates = field(default=WMTS_TEMPLATES)
@@ -411,7 +441,7 @@ class StormsFactory(BaseFactory):
     """The storm catalog and the metric point lookup."""
 
     engine: MetricEngine
-    path_dependency: Callable[..., Storm]
+    path_dependency: Callable[..., Storm | Awaitable[Storm]]
 
     def register_routes(self) -> None:
         self.list_storms()
