@@ -117,6 +117,7 @@ class MetricEngine:
         self.model_calls = 0
         self.tiles_computed = 0
         self._pool = ThreadPoolExecutor(read_threads, thread_name_prefix="imagery")
+        self._read_threads = read_threads
         self._inflight: dict[tuple[str, Tile], Future[Entry]] = {}
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -218,16 +219,14 @@ class MetricEngine:
         self, backend: StormBackend, tiles: Sequence[Tile]
     ) -> list[np.ndarray | None | ImageryReadError]:
         """Chips of many tiles read in the thread pool; a failed read is returned, not raised."""
-
-        def one(t: Tile) -> np.ndarray | None | ImageryReadError:
-            try:
-                return self.read_chip(backend, t)
-            except ImageryReadError as exc:
-                return exc
-
         if len(tiles) == 1:  # a lone tile (a point, a zoomed-in tile): skip the thread hop
-            return [one(tiles[0])]
-        return list(self._pool.map(one, tiles))
+            try:
+                return [self.read_chip(backend, tiles[0])]
+            except ImageryReadError as exc:
+                return [exc]
+        # The bulk path, in one chunk per read thread.
+        chunk = max(1, math.ceil(len(tiles) / self._read_threads))
+        return [c for _, c in self.stream_chips(backend, tiles, self._pool, chunk=chunk)]
 
     def stream_chips(
         self,
