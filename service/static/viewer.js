@@ -45,7 +45,9 @@
   function drawImagery() {
     if (imagery) { map.removeLayer(imagery); imagery = null; }
     if (!current || !$("show-imagery").checked) return;
-    imagery = L.tileLayer(`/storms/${current.name}/imagery/tiles/WebMercatorQuad/{z}/{x}/{y}.png`, {
+    // WebP keeps the transparency around the scenes at ~1/15 the bytes of PNG and encodes
+    // ~5x faster (PNG's zlib dominated an imagery tile's time).
+    imagery = L.tileLayer(`/storms/${current.name}/imagery/tiles/WebMercatorQuad/{z}/{x}/{y}.webp`, {
       minZoom: current.minzoom, maxNativeZoom: current.maxzoom, maxZoom: 22,
       bounds: bounds(current), className: "imagery-layer",
     }).addTo(map);
