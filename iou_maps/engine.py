@@ -257,8 +257,12 @@ class MetricEngine:
                     chips.append(one(t))
                 elif isinstance(got, SceneReadError):
                     chips.append(self._read_error(backend, t, got))
+                elif got is None:
+                    chips.append(None)
+                elif not np.ma.is_masked(got):  # every band of every pixel: the usual case
+                    chips.append(np.moveaxis(np.asarray(got.data[:3], dtype=np.uint8), 0, -1))
                 else:
-                    chips.append(None if got is None else _chip(got.data, _valid(got)))
+                    chips.append(_chip(got.data, _valid(got)))
             return chips
 
         parts = deque(tiles[i : i + chunk] for i in range(0, len(tiles), chunk))

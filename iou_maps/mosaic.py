@@ -234,13 +234,19 @@ class SceneReader(Reader):
 def grid_window(transform: Any, bbox: BBox, width: int, height: int) -> Window | None:
     """The integer window of ``bbox`` (in the raster's CRS) when it is exactly ``width`` ×
     ``height`` of the raster's pixels, up to float noise; None otherwise."""
-    win = windows.from_bounds(*bbox, transform=transform)
-    edges = np.array([win.col_off, win.row_off, win.width, win.height], np.float64)
-    snapped = np.round(edges)
-    if np.abs(edges - snapped).max() > 1e-6 or (snapped[2], snapped[3]) != (width, height):
+    if transform.b or transform.d:
+        return None  # a rotated raster is never on a tile grid
+    left, bottom, right, top = bbox
+    # The window arithmetic of rasterio.windows.from_bounds, without its per-call overhead.
+    col, row = (left - transform.c) / transform.a, (top - transform.f) / transform.e
+    w, h = (right - left) / transform.a, (bottom - top) / transform.e
+    edges = (col, row, w, h)
+    snapped = [round(v) for v in edges]
+    if max(abs(v - s) for v, s in zip(edges, snapped, strict=True)) > 1e-6:
         return None
-    col, row, w, h = (int(v) for v in snapped)
-    return Window(col, row, w, h)
+    if (snapped[2], snapped[3]) != (width, height):
+        return None
+    return Window(*snapped)
 
 
 def _plain_nodata(ds: Any, nodata: float | None) -> bool:
