@@ -173,7 +173,14 @@ def regressor_metadata(
         "training_data": data.sources,
         "validation": {
             k: report[k]
-            for k in ("train_tiles", "val_tiles", "val_scenes", "epochs_run", "best_val_loss")
+            for k in (
+                "train_tiles",
+                "val_tiles",
+                "val_scenes",
+                "heads",
+                "epochs_run",
+                "best_val_loss",
+            )
         },
         "validation_scores": report["scores"],
     }

@@ -35,6 +35,8 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 #: The loss weighs mIoU more: it is the number the maps default to.
 FEATURES = "features"
+#: Dense heads averaged on the shared pooled features (see build_regressor).
+HEADS = 5
 METRIC_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 1.0], np.float32)
 
 
@@ -89,9 +91,15 @@ def encoder_outputs(seg: SegmentationModel) -> list:
 
 
 def build_regressor(
-    seg: SegmentationModel, hidden: Sequence[int] = (128, 64), dropout: float = 0.2
+    seg: SegmentationModel,
+    hidden: Sequence[int] = (128, 64),
+    dropout: float = 0.2,
+    heads: int = HEADS,
 ) -> keras.Model:
-    """Frozen encoder (decoder cut off) → global avg+max pooling per level → dense → 6 sigmoids."""
+    """Frozen encoder (decoder cut off) → global avg+max pooling per level → ``heads`` dense
+    heads (6 sigmoids each) → their average."""
+    if heads < 1:
+        raise ValueError(f"heads must be >= 1, got {heads}")
     encoder = keras.Model(seg.model.inputs, encoder_outputs(seg), name="encoder")
     encoder.trainable = False
     inputs = keras.Input(shape=(*seg.cfg.target_size, 3), name="image")
@@ -100,13 +108,22 @@ def build_regressor(
     for i, fmap in enumerate(maps):
         pooled.append(keras.layers.GlobalAveragePooling2D(name=f"avg_pool_{i}")(fmap))
         pooled.append(keras.layers.GlobalMaxPooling2D(name=f"max_pool_{i}")(fmap))
-    x = keras.layers.Concatenate(name=FEATURES)(pooled)
+    feats = keras.layers.Concatenate(name=FEATURES)(pooled)
     # Pooled activations differ in scale by orders of magnitude between levels.
-    x = keras.layers.Normalization(name="feature_norm")(x)
-    for i, units in enumerate(hidden):
-        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
-        x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
-    outputs = keras.layers.Dense(NMETRICS, activation="sigmoid", name="metrics")(x)
+    feats = keras.layers.Normalization(name="feature_norm")(feats)
+    outs = []
+    for k in range(heads):
+        x = feats
+        for i, units in enumerate(hidden):
+            x = keras.layers.Dense(units, activation="relu", name=f"head{k}_dense_{i}")(x)
+            x = keras.layers.Dropout(dropout, name=f"head{k}_dropout_{i}")(x)
+        outs.append(keras.layers.Dense(NMETRICS, activation="sigmoid", name=f"head{k}_out")(x))
+    # Heads trained apart from different initialisations err differently: averaging them cuts
+    # the variance that a few hundred tiles leave in any single head.
+    if heads == 1:
+        outputs = keras.layers.Identity(name="metrics")(outs[0])
+    else:
+        outputs = keras.layers.Average(name="metrics")(outs)
     return keras.Model(inputs, outputs, name="metric_regressor")
 
 
@@ -115,19 +132,23 @@ def features_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer(FEATURES).output, name="features")
 
 
-def head_of(model: keras.Model) -> keras.Model:
-    """The trainable part (dense layers → outputs) as a model on pooled features."""
+def head_count(model: keras.Model) -> int:
+    return sum(1 for layer in model.layers if layer.name.endswith("_out"))
+
+
+def head_of(model: keras.Model, k: int = 0) -> keras.Model:
+    """Head ``k`` (normalisation → dense layers → outputs) as a model on pooled features."""
     feats = keras.Input(shape=model.get_layer(FEATURES).output.shape[1:], name="features")
     x = model.get_layer("feature_norm")(feats)
     i = 0
     while True:
         try:
-            dense = model.get_layer(f"dense_{i}")
+            dense = model.get_layer(f"head{k}_dense_{i}")
         except ValueError:
             break
-        x = model.get_layer(f"dropout_{i}")(dense(x))
+        x = model.get_layer(f"head{k}_dropout_{i}")(dense(x))
         i += 1
-    return keras.Model(feats, model.get_layer("metrics")(x), name="head")
+    return keras.Model(feats, model.get_layer(f"head{k}_out")(x), name=f"head{k}")
 
 
 def model_id_of(model: keras.Model, metadata: dict[str, Any]) -> str:
@@ -314,8 +335,9 @@ def train_regressor(
     val_fraction: float = 0.2,
     seed: int = 0,
     augment: bool = True,
+    heads: int = HEADS,
 ) -> tuple[keras.Model, dict[str, Any]]:
-    """Fit the head on encoder features; returns the full model and a report dict.
+    """Fit the heads on encoder features; returns the full model and a report dict.
 
     The encoder is frozen, so its features are computed once (with flips as augmentation) and
     only the head is trained — seconds instead of minutes on two CPU cores.
@@ -325,7 +347,7 @@ def train_regressor(
     train, val, val_scenes = split_by_scene(scene_sets, val_fraction, seed)
     if not train.any() or not val.any():
         raise ValueError("the split by scene left no training or no validation tiles")
-    model = build_regressor(seg)
+    model = build_regressor(seg, heads=heads)
     x_train, y_train = chips[train], targets[train]
     if augment:
         x_train = np.concatenate(
@@ -335,26 +357,32 @@ def train_regressor(
     f_train = encode(model, np.ascontiguousarray(x_train))
     f_val = encode(model, chips[val])
     model.get_layer("feature_norm").adapt(f_train)
-    head = head_of(model)
-    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss=masked_loss)
-    history = head.fit(
-        f_train, y_train,
-        validation_data=(f_val, targets[val]),
-        epochs=epochs, batch_size=64, verbose=0, shuffle=True,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience, restore_best_weights=True
-            )
-        ],
-    )  # fmt: skip
-    pred_val = head.predict(f_val, verbose=0)
+    epochs_run, val_losses = [], []
+    for k in range(heads):
+        keras.utils.set_random_seed(seed + k)
+        head = head_of(model, k)
+        head.compile(optimizer=keras.optimizers.Adam(1e-3), loss=masked_loss)
+        history = head.fit(
+            f_train, y_train,
+            validation_data=(f_val, targets[val]),
+            epochs=epochs, batch_size=64, verbose=0, shuffle=True,
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=patience, restore_best_weights=True
+                )
+            ],
+        )  # fmt: skip
+        epochs_run.append(len(history.history["loss"]))
+        val_losses.append(float(np.min(history.history["val_loss"])))
+    pred_val = np.mean([head_of(model, k).predict(f_val, verbose=0) for k in range(heads)], 0)
     baseline = np.nanmean(targets[train], axis=0)
     report = {
         "train_tiles": int(train.sum()),
         "val_tiles": int(val.sum()),
         "val_scenes": val_scenes,
-        "epochs_run": len(history.history["loss"]),
-        "best_val_loss": float(np.min(history.history["val_loss"])),
+        "heads": heads,
+        "epochs_run": epochs_run,
+        "best_val_loss": val_losses,
         "scores": evaluation_scores(targets[val], pred_val, baseline),
         "val_true": targets[val],
         "val_pred": pred_val,

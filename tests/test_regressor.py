@@ -13,8 +13,11 @@ from iou_maps.classes import METRICS
 from iou_maps.regressor import (
     RegressorError,
     build_regressor,
+    features_model,
+    head_of,
     load_regressor,
     masked_loss,
+    preprocess,
     save_regressor,
     split_by_scene,
     train_regressor,
@@ -46,6 +49,21 @@ def test_encoder_is_frozen_and_decoder_cut(seg) -> None:
     assert any(w is seg_kernel for w in encoder.weights)
 
 
+def test_output_is_the_average_of_the_heads(seg, chips) -> None:
+    model = build_regressor(seg, heads=3)
+    for k in range(3):  # distinct heads, as training makes them
+        w = model.get_layer(f"head{k}_out").bias
+        w.assign(w.numpy() + k - 1.0)
+    x = preprocess(chips[:4], META["input_size"])
+    feats = features_model(model)(x)
+    per_head = [keras.ops.convert_to_numpy(head_of(model, k)(feats)) for k in range(3)]
+    assert not np.allclose(per_head[0], per_head[2])
+    np.testing.assert_allclose(model(x), np.mean(per_head, axis=0), atol=1e-6)
+    assert build_regressor(seg, heads=1).output.shape[-1] == len(METRICS)
+    with pytest.raises(ValueError, match="heads"):
+        build_regressor(seg, heads=0)
+
+
 def test_round_trip_same_outputs_and_model_id(seg, chips, tmp_path) -> None:
     model = build_regressor(seg)
     saved = save_regressor(model, META, tmp_path / "r")
@@ -61,7 +79,7 @@ def test_round_trip_same_outputs_and_model_id(seg, chips, tmp_path) -> None:
 def test_changed_weight_changes_the_id(seg, tmp_path) -> None:
     model = build_regressor(seg)
     first = save_regressor(model, META, tmp_path / "a").model_id
-    w = model.get_layer("metrics").kernel
+    w = model.get_layer("head0_out").kernel
     w.assign(w.numpy() + 1e-3)
     assert save_regressor(model, META, tmp_path / "b").model_id != first
 
@@ -128,6 +146,9 @@ def test_training_learns_a_learnable_target(seg) -> None:
         chips[i, :, :cols] = rng.integers(0, 255, (256, cols, 3))
     y = np.repeat(level[:, None], 6, axis=1).astype(np.float32)
     sets = [frozenset({f"s{i % 8}"}) for i in range(80)]
-    model, report = train_regressor(seg, chips, y, sets, epochs=200, patience=50, augment=False)
+    model, report = train_regressor(
+        seg, chips, y, sets, epochs=200, patience=50, augment=False, heads=2
+    )
+    assert report["heads"] == 2 and len(report["epochs_run"]) == 2
     assert report["scores"]["miou"]["pearson_r"] > 0.8
     assert report["scores"]["miou"]["mae"] < report["scores"]["miou"]["baseline_mae"]
