@@ -1,18 +1,27 @@
 """Metric regressor accuracy on a held-out storm of another seed (demo-size models).
 
 The segmentation model is trained on storm seed1; the regressor on the `evaluate` tables of
-storms seed1 and seed2 (validation split by scene inside them; seed1's numbers alone make an
-over-confident regressor, since the segmentation model saw those tiles); both are scored on
-storm seed3, which neither has seen. Prints per-metric MAE, Pearson r and the constant-mean
-baseline's MAE; last line `miou_mae=<f> miou_r=<f> baseline_mae=<f>`. Shares bench/out/pipeline with
-segmentation_spread.py (--fresh starts over).
+storms seed1, seed2, seed4, seed5 and seed6 (validation split by scene inside them; seed1's
+numbers alone make an over-confident regressor, since the segmentation model saw those tiles,
+and every extra storm shows the head more of how the model's errors shift between storms);
+both are scored on storm seed3, which neither has seen. Prints per-metric MAE, Pearson r and
+the constant-mean baseline's MAE; last line `miou_mae=<f> miou_r=<f> baseline_mae=<f>`.
+Shares bench/out/pipeline with segmentation_spread.py (--fresh starts over).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from _common import OUT, log, pipeline_data_dir, pipeline_segmentation, pipeline_storm, progress
+from _common import (
+    HEAD_STORMS,
+    OUT,
+    log,
+    pipeline_data_dir,
+    pipeline_segmentation,
+    pipeline_storm,
+    progress,
+)
 
 from iou_maps.catalog import Catalog
 from iou_maps.classes import METRICS
@@ -32,15 +41,16 @@ def main() -> None:
     data = pipeline_data_dir(a.data_dir, a.fresh)
     with progress() as pr:
         s1, seg = pipeline_segmentation(data, pr)
-        s2 = pipeline_storm(data, 2, pr)
-        s3 = pipeline_storm(data, 3, pr)
-        t1 = ensure_evaluation(data, "bench", s1, seg, 18, progress=pr, log=log)
-        t2 = ensure_evaluation(data, "bench", s2, seg, 18, progress=pr, log=log)
-        t3 = ensure_evaluation(data, "bench", s3, seg, 18, progress=pr, log=log)
-        reg = ensure_regressor(data, "bench", seg, [t1, t2], 18, progress=pr, log=log)
-        test = regressor_training_set(Catalog(data), [t3], progress=pr)
+        storms = {1: s1} | {s: pipeline_storm(data, s, pr) for s in (*HEAD_STORMS, 3) if s != 1}
+        tables = {
+            s: ensure_evaluation(data, "bench", storm, seg, 18, progress=pr, log=log)
+            for s, storm in storms.items()
+        }
+        head_tables = [tables[s] for s in HEAD_STORMS]
+        reg = ensure_regressor(data, "bench", seg, head_tables, 18, progress=pr, log=log)
+        test = regressor_training_set(Catalog(data), [tables[3]], progress=pr)
     train_targets = np.concatenate(
-        [gpd.read_parquet(t)[list(METRICS)].to_numpy(np.float32) for t in (t1, t2)]
+        [gpd.read_parquet(t)[list(METRICS)].to_numpy(np.float32) for t in head_tables]
     )
     pred = np.concatenate(
         [reg.predict(test.images[i : i + 64]) for i in range(0, len(test.images), 64)]
