@@ -1,7 +1,7 @@
 """Metric regressor accuracy on a held-out storm of another seed (demo-size models).
 
 The segmentation model is trained on storm seed1; the regressor on the `evaluate` tables of
-storms seed1, seed2, seed4, seed5 and seed6 (validation split by scene inside them; seed1's
+storms seed1, seed2 and seed4 to seed12 (validation split by scene inside them; seed1's
 numbers alone make an over-confident regressor, since the segmentation model saw those tiles,
 and every extra storm shows the head more of how the model's errors shift between storms);
 both are scored on storm seed3, which neither has seen. Prints per-metric MAE, Pearson r and
