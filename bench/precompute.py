@@ -25,7 +25,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=2560, help="scene size in pixels")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--raw-tiles", type=int, default=1024, help="tiles for the raw-inference run")
+    p.add_argument(
+        "--raw-tiles", type=int, default=0, help="tiles for the raw-inference run (0: all)"
+    )
     a = p.parse_args()
     import numpy as np
     import redis
@@ -64,7 +66,8 @@ def main() -> None:
         keys = client.dbsize()
     pre_rate = summary.tiles_per_second
 
-    tiles = storm_tiles(engine, "big")[: a.raw_tiles]
+    tiles = storm_tiles(engine, "big")
+    tiles = tiles[: a.raw_tiles] if a.raw_tiles else tiles  # the same tiles as precompute
     _, backend = engine.storm("big")
     chips = [c for c in engine.read_chips(backend, tiles) if isinstance(c, np.ndarray)]
     stack = np.stack(chips)

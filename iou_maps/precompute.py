@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import mercantile
@@ -118,16 +119,25 @@ def precompute(
     if progress:
         progress(done, len(tiles))
 
+    writes: deque[Future[None]] = deque()
+
     def flush(batch: list[tuple[Tile, np.ndarray]], entries: dict[Tile, Entry]) -> None:
         if batch:
             values = engine.infer(np.stack([c for _, c in batch]))
             entries.update((t, Entry(v, 1)) for (t, _), v in zip(batch, values, strict=True))
             summary.computed += len(batch)
-        store.set_many(storm, entries)  # one pipelined round trip per batch
+        # One pipelined round trip per batch, in the writer thread: the next batch's inference
+        # does not wait for it. A failed write (Redis gone) surfaces at the next flush.
+        while writes and writes[0].done():
+            writes.popleft().result()
+        writes.append(writer.submit(store.set_many, storm, entries))
 
-    with ThreadPoolExecutor(
-        max(1, workers), thread_name_prefix="precompute-read", initializer=_yield_to_inference
-    ) as pool:
+    with (
+        ThreadPoolExecutor(
+            max(1, workers), thread_name_prefix="precompute-read", initializer=_yield_to_inference
+        ) as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="precompute-write") as writer,
+    ):
         batch: list[tuple[Tile, np.ndarray]] = []
         entries: dict[Tile, Entry] = {}
         pending = 0  # tiles read since the last write
@@ -148,6 +158,8 @@ def precompute(
                 if progress:
                     progress(done, len(tiles))
         flush(batch, entries)
+        for write in writes:  # every value is stored before the summary says so
+            write.result()
     if progress:
         progress(len(tiles), len(tiles))
 
