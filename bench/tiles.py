@@ -106,7 +106,7 @@ def raw_costs(data_dir: Path, tiles: list[mercantile.Tile], rounds: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "tiles")
-    parser.add_argument("--rounds", type=int, default=5, help="Passes over the storm's tiles.")
+    parser.add_argument("--rounds", type=int, default=20, help="Passes over the storm's tiles.")
     parser.add_argument("--scenes", type=int, default=4, help="Scenes of the generated storm.")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--redis-url", default=None, help="Redis server (default: embedded).")
