@@ -420,7 +420,7 @@ def read_grid_tiles(
     if not tiles:
         return out
     fp = backend.input.footprints
-    paths = fp["label_path" if backend.labels else "path"].to_numpy()
+    paths = backend._paths  # the same array assets_for_tile picks from
     bounds = np.array([mercantile.bounds(t) for t in tiles], np.float64)
     boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
     tile_idx, scene_idx = fp.sindex.query(boxes, predicate="intersects")
