@@ -205,6 +205,14 @@ class MetricEngine:
             return None
         return _chip(img.data, np.asarray(img.mask).astype(bool))
 
+    def _chip_or_error(
+        self, backend: StormBackend, tile: Tile
+    ) -> np.ndarray | None | ImageryReadError:
+        try:
+            return self.read_chip(backend, tile)
+        except ImageryReadError as exc:
+            return exc
+
     @staticmethod
     def _read_error(backend: StormBackend, tile: Tile, exc: Exception) -> ImageryReadError:
         reason = str(exc) if isinstance(exc, SceneReadError) else f"{type(exc).__name__}: {exc}"
@@ -220,10 +228,7 @@ class MetricEngine:
     ) -> list[np.ndarray | None | ImageryReadError]:
         """Chips of many tiles read in the thread pool; a failed read is returned, not raised."""
         if len(tiles) == 1:  # a lone tile (a point, a zoomed-in tile): skip the thread hop
-            try:
-                return [self.read_chip(backend, tiles[0])]
-            except ImageryReadError as exc:
-                return [exc]
+            return [self._chip_or_error(backend, tiles[0])]
         # The bulk path, in one chunk per read thread.
         chunk = max(1, math.ceil(len(tiles) / self._read_threads))
         return [c for _, c in self.stream_chips(backend, tiles, self._pool, chunk=chunk)]
@@ -244,17 +249,11 @@ class MetricEngine:
         """
         tiles = list(tiles)
 
-        def one(t: Tile) -> np.ndarray | None | ImageryReadError:
-            try:
-                return self.read_chip(backend, t)
-            except ImageryReadError as exc:
-                return exc
-
         def read_chunk(part: list[Tile]) -> list[np.ndarray | None | ImageryReadError]:
             chips: list[np.ndarray | None | ImageryReadError] = []
             for t, got in zip(part, read_grid_tiles(backend, part), strict=True):
                 if isinstance(got, OffGrid):
-                    chips.append(one(t))
+                    chips.append(self._chip_or_error(backend, t))
                 elif isinstance(got, SceneReadError):
                     chips.append(self._read_error(backend, t, got))
                 elif got is None:
