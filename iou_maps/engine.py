@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -122,7 +123,7 @@ class MetricEngine:
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._geom_lock = threading.Lock()
-        self._storms: dict[str, tuple[float, Storm, StormBackend]] = {}
+        self._storms: dict[str, tuple[str, float, Storm, StormBackend]] = {}
         #: Open scene files shared by every read of this engine (and the service's imagery).
         self.scenes = OpenScenes()
         self.cache_ok = True
@@ -143,13 +144,19 @@ class MetricEngine:
 
     def storm(self, name: str) -> tuple[Storm, StormBackend]:
         """The storm and its mosaic backend, reloaded when its catalog file changes."""
-        storm = self.catalog.storm(name)
-        mtime = storm.footprints_path.stat().st_mtime
+        # A request asks several times: a known storm costs one stat of its footprints file.
         cached = self._storms.get(name)
-        if cached is None or cached[0] != mtime:
-            cached = (mtime, storm, StormBackend(storm, scenes=self.scenes))
-            self._storms[name] = cached
-        return cached[1], cached[2]
+        if cached is not None:
+            try:
+                if os.stat(cached[0]).st_mtime == cached[1]:
+                    return cached[2], cached[3]
+            except OSError:
+                pass  # removed: the catalog says what is wrong
+        storm = self.catalog.storm(name)  # validates the name before any disk access
+        path = str(storm.footprints_path)
+        cached = (path, os.stat(path).st_mtime, storm, StormBackend(storm, scenes=self.scenes))
+        self._storms[name] = cached
+        return cached[2], cached[3]
 
     def covered(self, storm: Storm, tiles: Sequence[Tile]) -> np.ndarray:
         """Which tiles meet the storm's coverage (exact polygon test, vectorised)."""
@@ -307,7 +314,11 @@ class MetricEngine:
         return entries, failed
 
     def _compute_single_flight(
-        self, storm: str, tiles: Sequence[Tile], stores_seen: int | None = None
+        self,
+        storm: str,
+        tiles: Sequence[Tile],
+        stores_seen: int | None = None,
+        backend: StormBackend | None = None,
     ) -> dict[Tile, Entry]:
         mine: list[Tile] = []
         theirs: dict[Tile, Future[Entry]] = {}
@@ -327,7 +338,7 @@ class MetricEngine:
             if stores_seen is None or self._stores != stores_seen:
                 result.update(self._cache_get(storm, mine))
             todo = [t for t in mine if t not in result]
-            computed, failed = self.compute(storm, todo) if todo else ({}, {})
+            computed, failed = self.compute(storm, todo, backend) if todo else ({}, {})
             result.update(computed)
             if failed:
                 raise next(iter(failed.values()))
@@ -353,7 +364,7 @@ class MetricEngine:
         self, storm: str, tiles: Sequence[Tile], budget: int | None = None
     ) -> Values:
         """Entries of analysis tiles: cached, else computed within ``budget`` tiles."""
-        st, _ = self.storm(storm)
+        st, backend = self.storm(storm)
         budget = self.budget if budget is None else budget
         out = Values()
         inside = self.covered(st, tiles)
@@ -368,7 +379,7 @@ class MetricEngine:
         misses = [t for t in candidates if t not in cached]
         to_compute, out.missing = misses[:budget], misses[budget:]
         if to_compute:
-            computed = self._compute_single_flight(storm, to_compute, stores_seen)
+            computed = self._compute_single_flight(storm, to_compute, stores_seen, backend)
             out.entries.update(computed)
             out.computed = len(computed)
         out.cache_ok = self.store is not None and self.cache_ok

@@ -299,12 +299,16 @@ class StormBackend(BaseBackend):
     minzoom: int = attr.ib(init=False)
     maxzoom: int = attr.ib(init=False)
     _paths: np.ndarray = attr.ib(init=False, repr=False)
+    _tree: shapely.STRtree = attr.ib(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.scenes is not None:
             self.reader_options = {"scenes": self.scenes, **self.reader_options}
         column = "label_path" if self.labels else "path"
         self._paths = self.input.footprints[column].to_numpy()
+        # A spatial index of the footprints held directly: reaching the GeoDataFrame's own
+        # (``.sindex``) costs pandas column lookups on every tile read.
+        self._tree = shapely.STRtree(self.input.footprints.geometry.to_numpy())
         self.bounds = self.input.bounds
         self.crs = WGS84_CRS
         self.minzoom, self.maxzoom = storm_zoom_range(self.input)
@@ -312,7 +316,7 @@ class StormBackend(BaseBackend):
     def _assets(self, geometry: shapely.Geometry) -> list[str]:
         # The spatial index and a plain array of paths: a GeoDataFrame row selection per
         # tile read cost ~0.4 ms.
-        rows = np.sort(self.input.footprints.sindex.query(geometry, predicate="intersects"))
+        rows = np.sort(self._tree.query(geometry, predicate="intersects"))
         return [p for p in self._paths[rows] if p]
 
     def assets_for_tile(self, x: int, y: int, z: int, **kwargs: Any) -> list[str]:
@@ -419,11 +423,10 @@ def read_grid_tiles(
     out: list[np.ma.MaskedArray | None | OffGrid | SceneReadError] = [None] * len(tiles)
     if not tiles:
         return out
-    fp = backend.input.footprints
-    paths = backend._paths  # the same array assets_for_tile picks from
+    paths = backend._paths  # the same array and index assets_for_tile picks from
     bounds = np.array([mercantile.bounds(t) for t in tiles], np.float64)
     boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
-    tile_idx, scene_idx = fp.sindex.query(boxes, predicate="intersects")
+    tile_idx, scene_idx = backend._tree.query(boxes, predicate="intersects")
     order = np.lexsort((scene_idx, tile_idx))  # per tile, its scenes in footprints order
     assets: dict[int, list[int]] = {}
     for i, j in zip(tile_idx[order].tolist(), scene_idx[order].tolist(), strict=True):
