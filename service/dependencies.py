@@ -3,6 +3,7 @@
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal, TypeVar
 
@@ -11,10 +12,12 @@ from mercantile import Tile
 from morecantile import TileMatrixSet
 from morecantile import tms as morecantile_tms
 from morecantile.defaults import TileMatrixSets
+from pydantic import BeforeValidator
 from rio_tiler.colormap import ColorMaps
 from rio_tiler.colormap import cmap as default_cmap
 from rio_tiler.types import ColorMapType
-from titiler.core.dependencies import ImageRenderingParams, create_colormap_dependency
+from titiler.core.dependencies import DefaultDependency, create_colormap_dependency
+from titiler.core.validation import validate_rescale
 
 from iou_maps.catalog import Storm
 from iou_maps.classes import METRICS
@@ -73,8 +76,39 @@ cached_cmap = CachedColorMaps(data=default_cmap.data)
 #: titiler's colormap dependency (``colormap_name`` checked against the list, or ``colormap``
 #: JSON) over the cached colormaps.
 ColorMapParams = inline(create_colormap_dependency(cached_cmap))
-#: titiler's rendering options (``rescale``, ``color_formula``, ``return_mask``).
-RenderParams = inline(ImageRenderingParams)
+
+
+@dataclass
+class MetricRenderingParams(DefaultDependency):
+    """How a metric layer is coloured: the value range the colormap spans.
+
+    titiler's ``ImageRenderingParams`` also takes ``color_formula`` and ``return_mask``, which
+    mean nothing for metric tiles: accepting and ignoring them would mislead, and each
+    parameter costs every tile request its validation.
+    """
+
+    rescale: Annotated[
+        list[str] | None,
+        BeforeValidator(validate_rescale),
+        Query(
+            title="Colour scale range",
+            description="'min,max' of the values the colormap spans (default 0,1).",
+            examples=["0,1", "0.5,1"],
+        ),
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.rescale:
+            if len(self.rescale) != 1:
+                raise HTTPException(422, "rescale: give one 'min,max' range (one band)")
+            lo, hi = (float(v) for v in self.rescale[0].split(","))
+            if not lo < hi:
+                raise HTTPException(422, f"rescale: min {lo} is not below max {hi}")
+            self.rescale = [(lo, hi)]  # type: ignore[list-item]
+
+
+#: The metric layers' rendering options (``rescale``).
+RenderParams = inline(MetricRenderingParams)
 
 
 async def MetricParams(

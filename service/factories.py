@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 import mercantile
 import numpy as np
+from anyio import to_thread
 from attrs import define, field
 from fastapi import Depends, HTTPException, Path, Query
 from mercantile import Tile
@@ -39,7 +40,7 @@ from titiler.mosaic.factory import MosaicTilerFactory
 from iou_maps.catalog import Storm
 from iou_maps.classes import METRICS
 from iou_maps.engine import MetricEngine, TileGrid
-from iou_maps.render import DEFAULT_COLORMAP, metric_image
+from iou_maps.render import DEFAULT_COLORMAP, WEB_MERCATOR, metric_image
 from service.dependencies import (
     SUPPORTED_TMS,
     ColorMapParams,
@@ -60,6 +61,9 @@ from service.models import (
     StormInfo,
     StormList,
 )
+
+#: Content-Crs of every metric tile (the analysis grid is Web Mercator).
+WEB_MERCATOR_URI = f"<{CRS_to_uri(WEB_MERCATOR)}>"
 
 #: Response headers of a metric tile (exposed to browsers through CORS).
 METRIC_HEADERS = ("X-IoU-Missing", "X-IoU-Cached", "X-IoU-Computed", "X-IoU-Model", "X-IoU-Cache")
@@ -107,21 +111,15 @@ def encode_metric_tile(
     fmt: MetricFormat,
     colormap: ColorMapType,
     rescale: tuple[float, float] = (0.0, 1.0),
-    cells: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[bytes, str]:
-    """Raw formats keep float32 values (NaN = no value); images are colour-mapped with alpha.
-
-    ``cells``: the (n, n) values and invalid mask that ``img`` was drawn from; colouring them
-    before enlarging to the tile size is the same picture with 1/k² of the work.
-    """
+    """Raw formats keep float32 values (NaN = no value); images are colour-mapped with alpha."""
     if fmt.raw:
         image_type = ImageType(fmt.value)
         kwargs: dict[str, Any] = {"nodata": float("nan")} if fmt is MetricFormat.tif else {}
         return render_image(img, output_format=image_type, add_mask=False, **kwargs)
     if isinstance(colormap, dict):
-        if cells is None:
-            cells = (img.array.data[0], np.ma.getmaskarray(img.array)[0])
-        return _encode_with_lut(*cells, fmt, colormap, rescale, size=img.height)
+        band, mask = img.array.data[0], np.ma.getmaskarray(img.array)[0]
+        return encode_cells(band, mask, fmt, colormap, rescale, size=img.height)
     # Masked pixels hold NaN: zero them so the uint8 rescale is defined; the mask keeps them
     # transparent.
     data = np.where(img.array.mask, 0.0, img.array.data).astype(np.float32)
@@ -136,18 +134,20 @@ def encode_metric_tile(
     )
 
 
-def _encode_with_lut(
+def encode_cells(
     band: np.ndarray,
     mask: np.ndarray,
     fmt: MetricFormat,
     colormap: dict,
     rescale: tuple[float, float],
-    size: int,
+    size: int = 256,
 ) -> tuple[bytes, str]:
-    """Colour-map through a 256-entry lookup table and encode with Pillow.
+    """A colour-mapped ``size`` px tile of an (n, n) grid of cells (``mask``: no value).
 
-    Same colours as rio-tiler's rescale + apply_cmap (its linear_rescale, truncated to uint8),
-    at a fraction of the cost: GDAL's PNG path took ~5 ms of a ~9 ms cached metric tile.
+    Colours through a 256-entry lookup table and encodes with Pillow: the same colours as
+    rio-tiler's rescale + apply_cmap (its linear_rescale, truncated to uint8), at a fraction
+    of the cost (GDAL's PNG path took ~5 ms of a ~9 ms cached metric tile). Colouring the
+    cells before enlarging them to the tile size is the same picture with 1/k² of the work.
     """
     band = np.where(mask, 0.0, band)
     index = np.where(mask, 0, linear_rescale(band, in_range=rescale)).astype(np.uint8)
@@ -243,6 +243,40 @@ class MetricTilerFactory(BaseFactory):
     def _colormap(self, colormap: ColorMapType | None) -> ColorMapType:
         return colormap if colormap is not None else cached_cmap.get(self.default_colormap)
 
+    def _draw_tile(
+        self,
+        storm: Storm,
+        metric: str,
+        tile: Tile,
+        budget: int,
+        format: MetricFormat,
+        cmap: ColorMapType,
+        rescale: tuple[float, float],
+    ) -> Response:
+        """The metric tile response (runs in a worker thread)."""
+        engine = self.engine
+        grid: TileGrid = engine.tile_grid(storm.name, tile, budget)
+        band = grid.values[:, :, METRICS.index(metric)]
+        if format.raw or not isinstance(cmap, dict):
+            img = metric_image(grid.values, grid.has_imagery, tile, metric)
+            content, media_type = encode_metric_tile(img, format, cmap, rescale)
+        else:  # coloured from the cells: no full-size float image needed
+            mask = ~grid.has_imagery | np.isnan(band)
+            content, media_type = encode_cells(band, mask, format, cmap, rescale)
+        headers = {
+            "X-IoU-Missing": str(grid.missing),
+            "X-IoU-Cached": str(grid.cached),
+            "X-IoU-Computed": str(grid.computed),
+            "X-IoU-Model": engine.model_id,
+            "X-IoU-Cache": "ok" if grid.cache_ok else "unavailable",
+            "Content-Bbox": ",".join(map(str, mercantile.xy_bounds(tile))),
+            "Content-Crs": WEB_MERCATOR_URI,
+        }
+        if grid.missing:
+            # Incomplete: a later request may draw it whole, so do not let clients keep it.
+            headers["Cache-Control"] = "no-store"
+        return Response(content, media_type=media_type, headers=headers)
+
     def tile(self) -> None:
         engine = self.engine
 
@@ -269,7 +303,7 @@ class MetricTilerFactory(BaseFactory):
                 **ERROR_RESPONSES,
             },
         )
-        def metric_tile(
+        async def metric_tile(
             tileMatrixSetId: TMSId,
             format: Annotated[MetricFormat, Path(description="png, webp, tif or npy.")],
             storm: Annotated[Storm, Depends(self.path_dependency)],
@@ -287,27 +321,18 @@ class MetricTilerFactory(BaseFactory):
                     status_code=422,
                     detail=f"zoom {tile.z} outside {minzoom}..{maxzoom} for storm {storm.name!r}",
                 )
-            grid: TileGrid = engine.tile_grid(storm.name, tile, budget)
-            img = metric_image(grid.values, grid.has_imagery, tile, metric)
-            band = grid.values[:, :, METRICS.index(metric)]
-            content, media_type = encode_metric_tile(
-                img, format, self._colormap(colormap), _rescale(render_params),
-                cells=(band, ~grid.has_imagery | np.isnan(band)),
-            )  # fmt: skip
-            headers = {
-                "X-IoU-Missing": str(grid.missing),
-                "X-IoU-Cached": str(grid.cached),
-                "X-IoU-Computed": str(grid.computed),
-                "X-IoU-Model": engine.model_id,
-                "X-IoU-Cache": "ok" if grid.cache_ok else "unavailable",
-                "Content-Bbox": ",".join(map(str, img.bounds)),
-            }
-            if uri := CRS_to_uri(img.crs):
-                headers["Content-Crs"] = f"<{uri}>"
-            if grid.missing:
-                # Incomplete: a later request may draw it whole, so do not let clients keep it.
-                headers["Cache-Control"] = "no-store"
-            return Response(content, media_type=media_type, headers=headers)
+            # Redis, imagery reads and the model block: one hop to a worker thread for all of
+            # it (a plain ``def`` endpoint cost FastAPI twice this hop's overhead).
+            return await to_thread.run_sync(
+                self._draw_tile,
+                storm,
+                metric,
+                tile,
+                budget,
+                format,
+                self._colormap(colormap),
+                _rescale(render_params),
+            )
 
     def tilejson(self) -> None:
         engine = self.engine

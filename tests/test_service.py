@@ -168,6 +168,35 @@ def test_colormap_choice_changes_colors(client, center):
     assert tuple(pa) != tuple(pb)
 
 
+def test_rescale_spans_the_colormap(client, center):
+    from rio_tiler.colormap import cmap
+
+    t = mercantile.tile(*center, 18)
+    value = float(
+        np.load(io.BytesIO(client.get(tile_url("metric", 18, t.x, t.y, "npy")).content))[
+            0, 128, 128
+        ]
+    )
+    viridis = cmap.get("viridis")
+
+    def colour(rescale: str) -> tuple[int, ...]:
+        query = f"?colormap_name=viridis&rescale={rescale}"
+        r = client.get(tile_url("metric", t.z, t.x, t.y, "png") + query)
+        assert r.status_code == 200, r.text
+        return tuple(
+            int(c) for c in np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[128, 128]
+        )
+
+    # A range above the value draws it with the colormap's first colour, one below it with
+    # the last.
+    assert colour(f"{value + 0.01},{value + 0.02}") == tuple(viridis[0])
+    assert colour(f"{value - 0.02},{value - 0.01}") == tuple(viridis[255])
+    for bad in ("1,0", "0,1&rescale=0,2", "a,b"):
+        r = client.get(tile_url("metric", t.z, t.x, t.y, "png") + f"?rescale={bad}")
+        assert r.status_code == 422, (bad, r.text)
+        assert "rescale" in r.text
+
+
 def test_metric_tilejson_and_wmts(client, storm):
     tj = client.get(f"/storms/{STORM}/metrics/dice/WebMercatorQuad/tilejson.json").json()
     assert tj["metric"] == "dice" and tj["colormap_name"] == "rdylgn"
