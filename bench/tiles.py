@@ -15,6 +15,8 @@ Prints the figures last as one line of name=value pairs, ending with
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import shutil
 import statistics
@@ -27,7 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import httpx  # noqa: E402
 import mercantile  # noqa: E402
 import shapely  # noqa: E402
 
@@ -56,14 +57,32 @@ def make_data(data_dir: Path, scenes: int, seed: int) -> None:
     save_demo_size_regressor(regressor_dir(data_dir, MODEL))
 
 
-def timed(client: httpx.Client, urls: list[str]) -> list[float]:
+class Client:
+    """One keep-alive HTTP/1.1 connection (the standard library's: httpx spent ~0.2 ms of
+    its own on each request, a fifth of a cached tile, where GIS clients and browsers
+    spend next to nothing)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=120)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.conn.request("GET", path)
+        r = self.conn.getresponse()
+        return r.status, r.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def timed(client: Client, urls: list[str]) -> list[float]:
     out = []
     for url in urls:
         t0 = time.perf_counter()
-        r = client.get(url)
+        status, body = client.get(url)
         out.append(time.perf_counter() - t0)
-        if r.status_code != 200:
-            raise SystemExit(f"{url}: {r.status_code} {r.text[:300]}")
+        if status != 200:
+            raise SystemExit(f"{url}: {status} {body[:300]!r}")
     return out
 
 
@@ -72,35 +91,46 @@ def figures(name: str, samples: list[float]) -> dict[str, float]:
     return {f"{name}_ms": med * 1e3, f"{name}_rps": len(samples) / sum(samples)}
 
 
-def raw_costs(data_dir: Path, tiles: list[mercantile.Tile], rounds: int) -> dict[str, float]:
+class RawCost:
     """Imagery read + one regressor call per tile, in this process (no HTTP, no cache)."""
-    import numpy as np
 
-    from iou_maps.engine import MetricEngine
-    from iou_maps.models import load_regressor_model
+    def __init__(self, data_dir: Path, tiles: list[mercantile.Tile]) -> None:
+        import numpy as np
 
-    predictor = load_regressor_model(data_dir, MODEL)
-    engine = MetricEngine(Catalog(data_dir), predictor, None, predictor.analysis_zoom)
-    _, backend = engine.storm(STORM)
-    chip = engine.read_chip(backend, tiles[0])
-    predictor.predict(chip[None])  # warm up (graph tracing)
-    reads, preds, totals = [], [], []
-    for _ in range(rounds):
-        for t in tiles:
+        from iou_maps.engine import MetricEngine
+        from iou_maps.models import load_regressor_model
+
+        self._np = np
+        self.predictor = load_regressor_model(data_dir, MODEL)
+        self.engine = MetricEngine(
+            Catalog(data_dir), self.predictor, None, self.predictor.analysis_zoom
+        )
+        self.backend = self.engine.storm(STORM)[1]
+        self.tiles = tiles
+        self.reads: list[float] = []
+        self.preds: list[float] = []
+        self.totals: list[float] = []
+        chip = self.engine.read_chip(self.backend, tiles[0])
+        self.predictor.predict(np.asarray(chip)[None])  # warm up (graph tracing)
+
+    def round(self) -> None:
+        for t in self.tiles:
             t0 = time.perf_counter()
-            chip = engine.read_chip(backend, t)
+            chip = self.engine.read_chip(self.backend, t)
             t1 = time.perf_counter()
-            predictor.predict(np.asarray(chip)[None])
+            self.predictor.predict(self._np.asarray(chip)[None])
             t2 = time.perf_counter()
-            reads.append(t1 - t0)
-            preds.append(t2 - t1)
-            totals.append(t2 - t0)
-    engine.close()
-    return {
-        "raw_read_ms": statistics.median(reads) * 1e3,
-        "raw_predict_ms": statistics.median(preds) * 1e3,
-        **figures("raw", totals),
-    }
+            self.reads.append(t1 - t0)
+            self.preds.append(t2 - t1)
+            self.totals.append(t2 - t0)
+
+    def figures(self) -> dict[str, float]:
+        self.engine.close()
+        return {
+            "raw_read_ms": statistics.median(self.reads) * 1e3,
+            "raw_predict_ms": statistics.median(self.preds) * 1e3,
+            **figures("raw", self.totals),
+        }
 
 
 def main() -> None:
@@ -137,7 +167,8 @@ def main() -> None:
         from iou_maps.metric_store import connect
 
         redis_client = connect(args.redis_url, data_dir)
-        with httpx.Client(base_url=svc.url, timeout=120) as c:
+        c = Client(svc.url)
+        try:
             imagery_urls = [url("imagery", t) for t in tiles]
             metric_urls = [url("metric", t) for t in tiles]
             timed(c, imagery_urls)  # warm-up: GDAL opens, block cache
@@ -147,15 +178,21 @@ def main() -> None:
             for _ in range(args.rounds):
                 imagery += timed(c, imagery_urls)
                 cached += timed(c, metric_urls)
+            # Cold tiles and their raw cost alternate round by round: a shared machine's speed
+            # drifts over minutes, and the ratio should compare like with like.
+            raw = RawCost(data_dir, tiles)
             for _ in range(args.rounds):
                 redis_client.flushdb()
                 cold += timed(c, metric_urls)
-            calls = c.get("/healthz").json()["model_calls"]
+                raw.round()
+            calls = json.loads(c.get("/healthz")[1])["model_calls"]
+        finally:
+            c.close()
     results.update(figures("imagery", imagery))
     results.update(figures("cached", cached))
     results.update(figures("cold", cold))
     results["model_calls"] = calls
-    results.update(raw_costs(data_dir, tiles, args.rounds))
+    results.update(raw.figures())
     results["cached_vs_imagery"] = results["cached_ms"] / results["imagery_ms"]
     results["cold_vs_raw"] = results["cold_ms"] / results["raw_ms"]
     print(
