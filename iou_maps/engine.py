@@ -118,6 +118,8 @@ class MetricEngine:
         self.model_calls = 0
         self.tiles_computed = 0
         self._pool = ThreadPoolExecutor(read_threads, thread_name_prefix="imagery")
+        # Computed values are stored after the answer is on its way (see _compute_single_flight).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
         self._read_threads = read_threads
         self._inflight: dict[tuple[str, Tile], Future[Entry]] = {}
         self._lock = threading.Lock()
@@ -137,6 +139,7 @@ class MetricEngine:
         return self.predictor.model_id
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)  # values already computed still reach Redis
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.scenes.close()
 
@@ -289,9 +292,14 @@ class MetricEngine:
         return out
 
     def compute(
-        self, storm: str, tiles: Sequence[Tile], backend: StormBackend | None = None
+        self,
+        storm: str,
+        tiles: Sequence[Tile],
+        backend: StormBackend | None = None,
+        store: bool = True,
     ) -> tuple[dict[Tile, Entry], dict[Tile, ImageryReadError]]:
-        """Read and infer ``tiles`` (no cache read), store the results; failures are returned."""
+        """Read and infer ``tiles`` (no cache read), store the results (unless ``store`` is
+        false); failures are returned."""
         if backend is None:
             backend = self.storm(storm)[1]
         chips = self.read_chips(backend, tiles)
@@ -310,7 +318,8 @@ class MetricEngine:
             values = self.infer(np.stack([c for _, c in part]))
             for (t, _), v in zip(part, values, strict=True):
                 entries[t] = Entry(v, 1)
-        self._cache_set(storm, entries)
+        if store:
+            self._cache_set(storm, entries)
         return entries, failed
 
     def _compute_single_flight(
@@ -319,9 +328,12 @@ class MetricEngine:
         tiles: Sequence[Tile],
         stores_seen: int | None = None,
         backend: StormBackend | None = None,
-    ) -> dict[Tile, Entry]:
+    ) -> tuple[dict[Tile, Entry], int]:
+        """Entries of ``tiles`` computed once across concurrent requests, and how many of
+        them were ready-made (stored or computed by another request before this one asked)."""
         mine: list[Tile] = []
         theirs: dict[Tile, Future[Entry]] = {}
+        ready = 0
         with self._lock:
             for t in tiles:
                 fut = self._inflight.get((storm, t))
@@ -330,20 +342,31 @@ class MetricEngine:
                     mine.append(t)
                 else:
                     theirs[t] = fut
+                    ready += fut.done()  # computed, its value on its way to Redis
         result: dict[Tile, Entry] = {}
+        handed_off = False
         try:
             # Another request may have stored these between our cache read and now (only
             # possible if this engine stored anything since: values stored by other processes
             # are at worst computed again).
             if stores_seen is None or self._stores != stores_seen:
                 result.update(self._cache_get(storm, mine))
+                ready += len(result)
             todo = [t for t in mine if t not in result]
-            computed, failed = self.compute(storm, todo, backend) if todo else ({}, {})
+            computed, failed = self.compute(storm, todo, backend, store=False) if todo else ({}, {})
             result.update(computed)
             if failed:
+                self._cache_set(storm, computed)  # what could be computed is kept
                 raise next(iter(failed.values()))
             for t in mine:
                 self._inflight[(storm, t)].set_result(result[t])
+            if computed and self.cache_ok:
+                # Answer now, store in the writer thread: the slots stay taken, their futures
+                # done, until the values are in Redis, so no request computes them again.
+                self._writer.submit(self._store_and_release, storm, computed, mine)
+                handed_off = True
+            else:  # Redis known to be down: one quick failure here, nothing held back
+                self._cache_set(storm, computed)
         except BaseException as exc:
             for t in mine:
                 fut = self._inflight[(storm, t)]
@@ -351,12 +374,26 @@ class MetricEngine:
                     fut.set_exception(exc)
             raise
         finally:
-            with self._lock:
-                for t in mine:
-                    self._inflight.pop((storm, t), None)
+            if not handed_off:
+                self._release(storm, mine)
         for t, fut in theirs.items():
             result[t] = fut.result()
-        return result
+        return result, ready
+
+    def _store_and_release(self, storm: str, entries: dict[Tile, Entry], tiles: list[Tile]) -> None:
+        try:
+            self._cache_set(storm, entries)
+        finally:
+            self._release(storm, tiles)
+
+    def _release(self, storm: str, tiles: Sequence[Tile]) -> None:
+        with self._lock:
+            for t in tiles:
+                self._inflight.pop((storm, t), None)
+
+    def flush(self) -> None:
+        """Wait until every computed value handed to the writer is stored (or has failed)."""
+        self._writer.submit(lambda: None).result()
 
     # ------------------------------------------------------------------ queries
 
@@ -379,9 +416,10 @@ class MetricEngine:
         misses = [t for t in candidates if t not in cached]
         to_compute, out.missing = misses[:budget], misses[budget:]
         if to_compute:
-            computed = self._compute_single_flight(storm, to_compute, stores_seen, backend)
+            computed, ready = self._compute_single_flight(storm, to_compute, stores_seen, backend)
             out.entries.update(computed)
-            out.computed = len(computed)
+            out.cached += ready
+            out.computed = len(computed) - ready
         out.cache_ok = self.store is not None and self.cache_ok
         return out
 
