@@ -269,7 +269,7 @@ class MetricEngine:
                 elif got is None:
                     chips.append(None)
                 elif not np.ma.is_masked(got):  # every band of every pixel: the usual case
-                    chips.append(np.moveaxis(np.asarray(got.data[:3], dtype=np.uint8), 0, -1))
+                    chips.append(pixel_interleaved(got.data))
                 else:
                     chips.append(_chip(got.data, _valid(got)))
             return chips
@@ -499,10 +499,23 @@ def _chip(data: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
     """(H, W, 3) uint8 chip with zeros where there is no imagery; None if almost empty."""
     if valid.mean() < MIN_VALID_FRACTION:
         return None
-    rgb = np.asarray(data[:3], dtype=np.uint8)
+    chip = pixel_interleaved(data)
     if not valid.all():
-        rgb = rgb * valid  # a new array: zeros where no band has data
-    return np.moveaxis(rgb, 0, -1)
+        chip *= valid[..., None]  # zeros where no band has data
+    return chip
+
+
+def pixel_interleaved(data: np.ndarray) -> np.ndarray:
+    """The first 3 bands of (B, H, W) as a C-contiguous (H, W, 3) uint8 array.
+
+    One copy per band: a third of the time of numpy's generic transposing copy, and
+    TensorFlow takes a contiguous batch as one memcpy instead of a strided gather (which
+    cost a cold tile ~0.5 ms in the service).
+    """
+    out = np.empty((*data.shape[1:], 3), np.uint8)
+    for b in range(3):
+        out[..., b] = data[b]
+    return out
 
 
 def open_engine(settings: Settings, *, budget: int | None = None) -> MetricEngine:
