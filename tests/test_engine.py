@@ -55,3 +55,24 @@ def test_close_stores_what_was_computed(served_data, redis_url):
     threading.Timer(0.2, gate.set).start()
     engine.close()  # waits for the writer
     assert tile in MetricStore(client, engine.model_id).get_many(served_data.storm, [tile])
+
+
+def test_a_tile_read_alone_is_rio_tilers_chip(served_data):
+    """read_chip's grid path gives the chip rio-tiler's mosaic read gives, tile by tile
+    (scene edges and overlaps included), or None for both."""
+    from iou_maps.grid import tiles_intersecting
+
+    engine = engine_for(served_data, None)
+    storm, backend = engine.storm(served_data.storm)
+    tiles = tiles_intersecting(storm.coverage, engine.analysis_zoom)
+    assert len(tiles) >= 8
+    partial = 0
+    for t in tiles:
+        fast, ref = engine.read_chip(backend, t), engine._read_tile_chip(backend, t)
+        assert (fast is None) == (ref is None), t
+        if ref is not None:
+            assert fast.flags.c_contiguous and fast.shape == (256, 256, 3)
+            np.testing.assert_array_equal(fast, ref)
+            partial += int((ref == 0).all(axis=-1).any())
+    assert partial > 0  # some tiles cross a scene edge
+    engine.close()
