@@ -6,7 +6,10 @@ run) and measures, for the analysis tiles of the storm:
 
 (a) imagery tiles (PNG), (b) cached metric tiles (PNG), (c) cold metric tiles at the analysis
 zoom (Redis flushed before each round), and in-process, (d) the raw cost of the same work
-without the service: the imagery read of each tile plus one regressor call.
+without the service: the imagery read of each tile plus one regressor call, by the engine's
+own read and the service's model. Rounds of (c) and (d) alternate, so that both see the
+machine at the same speed. Requests go over one keep-alive connection of the standard
+library's HTTP client, which adds next to nothing of its own.
 
 Prints the figures last as one line of name=value pairs, ending with
 ``cached_vs_imagery=<ratio> cold_vs_raw=<ratio>`` (ratios of median latencies).
