@@ -7,23 +7,31 @@ import threading
 import mercantile
 import numpy as np
 import redis
+from mercantile import Tile
 
+from iou_maps.engine import MetricEngine
 from iou_maps.metric_store import MetricStore
 
 from .test_precompute import engine_for
 
 
-def test_values_are_stored_behind_the_answer_and_not_computed_twice(served_data, redis_url):
+def held_writer(served_data, redis_url) -> tuple[MetricEngine, redis.Redis, Tile, threading.Event]:
+    """An engine on an empty cache whose writer waits for the returned event to be set, and
+    an analysis tile with imagery."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     engine = engine_for(served_data, client)
     storm, _ = engine.storm(served_data.storm)
     c = storm.coverage.representative_point()
-    tile = mercantile.tile(c.x, c.y, engine.analysis_zoom)
-    store = MetricStore(client, engine.model_id)
-    # Hold the writer so the computed value is not in Redis yet when the next request asks.
     gate = threading.Event()
     engine._writer.submit(gate.wait)
+    return engine, client, mercantile.tile(c.x, c.y, engine.analysis_zoom), gate
+
+
+def test_values_are_stored_behind_the_answer_and_not_computed_twice(served_data, redis_url):
+    # The writer is held: the computed value is not in Redis yet when the next request asks.
+    engine, client, tile, gate = held_writer(served_data, redis_url)
+    store = MetricStore(client, engine.model_id)
     try:
         first = engine.analysis_values(served_data.storm, [tile])
         assert (first.computed, first.cached, engine.model_calls) == (1, 0, 1)
@@ -43,14 +51,7 @@ def test_values_are_stored_behind_the_answer_and_not_computed_twice(served_data,
 
 
 def test_close_stores_what_was_computed(served_data, redis_url):
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    engine = engine_for(served_data, client)
-    storm, _ = engine.storm(served_data.storm)
-    c = storm.coverage.representative_point()
-    tile = mercantile.tile(c.x, c.y, engine.analysis_zoom)
-    gate = threading.Event()
-    engine._writer.submit(gate.wait)
+    engine, client, tile, gate = held_writer(served_data, redis_url)
     engine.analysis_values(served_data.storm, [tile])
     threading.Timer(0.2, gate.set).start()
     engine.close()  # waits for the writer
