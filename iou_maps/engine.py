@@ -305,14 +305,9 @@ class MetricEngine:
         return out
 
     def compute(
-        self,
-        storm: str,
-        tiles: Sequence[Tile],
-        backend: StormBackend | None = None,
-        store: bool = True,
+        self, storm: str, tiles: Sequence[Tile], backend: StormBackend | None = None
     ) -> tuple[dict[Tile, Entry], dict[Tile, ImageryReadError]]:
-        """Read and infer ``tiles`` (no cache read), store the results (unless ``store`` is
-        false); failures are returned."""
+        """Read and infer ``tiles`` (no cache read or write); failures are returned."""
         if backend is None:
             backend = self.storm(storm)[1]
         chips = self.read_chips(backend, tiles)
@@ -331,8 +326,6 @@ class MetricEngine:
             values = self.infer(np.stack([c for _, c in part]))
             for (t, _), v in zip(part, values, strict=True):
                 entries[t] = Entry(v, 1)
-        if store:
-            self._cache_set(storm, entries)
         return entries, failed
 
     def _compute_single_flight(
@@ -366,14 +359,14 @@ class MetricEngine:
                 result.update(self._cache_get(storm, mine))
                 ready += len(result)
             todo = [t for t in mine if t not in result]
-            computed, failed = self.compute(storm, todo, backend, store=False) if todo else ({}, {})
+            computed, failed = self.compute(storm, todo, backend) if todo else ({}, {})
             result.update(computed)
             if failed:
                 self._cache_set(storm, computed)  # what could be computed is kept
                 raise next(iter(failed.values()))
             for t in mine:
                 self._inflight[(storm, t)].set_result(result[t])
-            if computed and self.cache_ok:
+            if computed and self.store is not None and self.cache_ok:
                 # Answer now, store in the writer thread: the slots stay taken, their futures
                 # done, until the values are in Redis, so no request computes them again.
                 self._writer.submit(self._store_and_release, storm, computed, mine)
