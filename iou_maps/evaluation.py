@@ -23,7 +23,7 @@ from iou_maps.catalog import Storm
 from iou_maps.classes import CLASS_COLORS, CLASSES, METRICS, NODATA_LABEL
 from iou_maps.grid import tile_polygons, tiles_intersecting
 from iou_maps.metrics import class_fractions, metric_vectors
-from iou_maps.mosaic import StormBackend, read_label_tile, read_tile
+from iou_maps.mosaic import StormBackend, pixel_interleaved, read_label_tile, read_tile
 
 #: Tiles with less labelled imagery than this are left out of evaluation and training.
 MIN_LABELLED_FRACTION = 0.25
@@ -82,7 +82,7 @@ def read_chips(
         if img is None:
             return None
         mask = np.asarray(img.mask).astype(bool)
-        rgb = np.moveaxis(np.asarray(img.data[:3]).astype(np.uint8), 0, -1)
+        rgb = pixel_interleaved(img.data)
         rgb[~mask] = 0
         lab = None
         if labels_backend is not None:

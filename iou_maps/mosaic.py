@@ -403,6 +403,19 @@ def read_label_tile(
 # --------------------------------------------------------------------------- bulk reads
 
 
+def pixel_interleaved(data: np.ndarray) -> np.ndarray:
+    """The first 3 bands of (B, H, W) as a C-contiguous (H, W, 3) uint8 array.
+
+    One copy per band: a third of the time of numpy's generic transposing copy, and
+    TensorFlow takes a contiguous batch as one memcpy instead of a strided gather (which
+    cost a cold tile ~0.5 ms in the service).
+    """
+    out = np.empty((*data.shape[1:], 3), np.uint8)
+    for b in range(3):
+        out[..., b] = data[b]
+    return out
+
+
 class OffGrid(Exception):
     """A tile that is not on its scenes' pixel grid: read it with ``read_tile``."""
 
