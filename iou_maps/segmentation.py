@@ -470,9 +470,16 @@ def _tf_standardize(x: tf.Tensor) -> tf.Tensor:
 def _resize_images(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Bilinear (antialiased when shrinking, like skimage's resize) back to uint8, as gym does."""
     if tuple(images.shape[1:3]) == tuple(size):
-        return tf.convert_to_tensor(images, dtype=tf.uint8)
+        return tf.cast(images, tf.uint8)
     out = tf.image.resize(tf.cast(images, tf.float32), size, "bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
+
+
+def model_input(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """N,H,W,3 images (0-255) → the model's float32 input: resize to ``size``, standardise.
+
+    The one preprocessing of every prediction (also the metric regressor's, in its graph)."""
+    return _tf_standardize(_resize_images(images, size))
 
 
 def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -506,7 +513,7 @@ class SegmentationModel:
         out = np.empty((n, h, w, self.cfg.nclasses), dtype=np.float32)
         tta = bool(self.cfg.raw.get("TESTTIMEAUG", False))
         for i in range(0, n, batch_size):
-            x = _tf_standardize(_resize_images(images[i : i + batch_size], self.cfg.target_size))
+            x = model_input(images[i : i + batch_size], self.cfg.target_size)
             p = self.model(x, training=False)
             if tta:
                 # segmentation_gym's TESTTIMEAUG: average the softmax over flipped copies.

@@ -9,19 +9,22 @@ import keras
 import numpy as np
 import pytest
 
-from iou_maps.classes import METRICS
+from iou_maps.classes import METRICS, NCLASSES, NODATA_LABEL
+from iou_maps.metrics import class_fractions
 from iou_maps.regressor import (
+    FEATURES,
     RegressorError,
     build_regressor,
+    encode,
     features_model,
     head_of,
     load_regressor,
     masked_loss,
-    preprocess,
     save_regressor,
     split_by_scene,
     train_regressor,
 )
+from iou_maps.segmentation import SegmentationConfig, SegmentationModel, demo_config
 
 from .conftest import tiny_segmentation
 
@@ -38,15 +41,47 @@ def chips() -> np.ndarray:
     return np.random.default_rng(1).integers(0, 255, (9, 256, 256, 3), dtype=np.uint8)
 
 
-def test_encoder_is_frozen_and_decoder_cut(seg) -> None:
+def test_segmentation_is_frozen_and_its_own(seg) -> None:
     model = build_regressor(seg)
-    encoder = model.get_layer("encoder")
-    assert not encoder.trainable and encoder.trainable_weights == []
-    assert all("up_sampling" not in layer.name for layer in encoder.layers)
+    frozen = model.get_layer("segmentation")
+    assert not frozen.trainable and frozen.trainable_weights == []
     assert model.output.shape[-1] == len(METRICS)
-    # The encoder's weights are the segmentation model's own, not copies.
+    # The segmentation model's weights themselves, not copies: the heads read its output.
     seg_kernel = seg.model.get_layer("encoder_bottleneck").weights[0]
-    assert any(w is seg_kernel for w in encoder.weights)
+    assert any(w is seg_kernel for w in frozen.weights)
+    assert all(w.trainable and w.path.startswith("head") for w in model.trainable_weights)
+
+
+def colour_segmentation() -> SegmentationModel:
+    """A one-layer model whose classes follow local colour: unlike an untrained UNet (one class
+    everywhere), its predictions vary inside a chip, and its flips change them."""
+    cfg = demo_config()
+    cfg.update(TARGET_SIZE=[64, 64])
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64, 64, 3))
+    init = keras.initializers.RandomNormal(stddev=2.0)
+    outputs = keras.layers.Conv2D(
+        4, 3, padding="same", activation="softmax", kernel_initializer=init
+    )(inputs)
+    return SegmentationModel(SegmentationConfig.from_dict(cfg), keras.Model(inputs, outputs))
+
+
+def test_statistics_see_what_the_segmentation_predicts(chips) -> None:
+    # The predicted share of each class over the imagery is the one evaluation measures from
+    # SegmentationModel.predict (its preprocessing, test-time flips, resize to the chip,
+    # argmax), so the heads see the classes that will enter the tile's mIoU.
+    seg = colour_segmentation()
+    holed = chips.copy()
+    holed[:, :, 200:] = 0  # no imagery on the right: left out of every share
+    pred = seg.predict(holed)
+    pred[:, :, 200:] = NODATA_LABEL
+    expected = class_fractions(pred)
+    assert (np.sort(expected, axis=1)[:, -2] > 0.1).all()  # at least two classes in each chip
+    model = build_regressor(seg)
+    feats = encode(model, holed)
+    assert feats.shape == (len(chips), model.get_layer(FEATURES).output.shape[-1])
+    np.testing.assert_allclose(feats[:, :NCLASSES], expected, atol=2e-3)
+    assert np.isfinite(feats).all()
 
 
 def test_output_is_the_average_of_the_heads(seg, chips) -> None:
@@ -54,7 +89,7 @@ def test_output_is_the_average_of_the_heads(seg, chips) -> None:
     for k in range(3):  # distinct heads, as training makes them
         w = model.get_layer(f"head{k}_out").bias
         w.assign(w.numpy() + k - 1.0)
-    x = preprocess(chips[:4], META["input_size"])
+    x = chips[:4].astype(np.float32)
     feats = features_model(model)(x)
     per_head = [keras.ops.convert_to_numpy(head_of(model, k)(feats)) for k in range(3)]
     assert not np.allclose(per_head[0], per_head[2])
@@ -137,7 +172,7 @@ def test_split_by_scene_keeps_validation_scenes_out_of_training() -> None:
 
 def test_training_learns_a_learnable_target(seg) -> None:
     # The target is the share of the chip covered by noisy texture (the rest is flat):
-    # structure that survives per-image standardisation, so the frozen encoder can see it.
+    # structure that survives per-image standardisation, so the frozen segmentation sees it.
     rng = np.random.default_rng(0)
     level = rng.random(80)
     chips = np.full((80, 256, 256, 3), 120, np.uint8)
