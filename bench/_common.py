@@ -102,6 +102,17 @@ def save_demo_size_regressor(directory: Path) -> None:
     save_regressor(build_regressor(seg), meta, directory)
 
 
+def ensure_demo_size_regressor(directory: Path) -> None:
+    """``save_demo_size_regressor`` unless one that this code can load is there already."""
+    from iou_maps.regressor import RegressorError, load_regressor
+
+    try:
+        load_regressor(directory)
+    except RegressorError as exc:
+        log(f"(re)making the bench regressor: {exc}")
+        save_demo_size_regressor(directory)
+
+
 #: The storms of bench/out/pipeline (seed → scenes), shared by segmentation_spread.py and
 #: regressor_accuracy.py: both reuse the same storms and the same trained "bench" model.
 #: Seed 1 trains the segmentation model, seed 3 is the held-out test storm; the others (and

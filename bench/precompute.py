@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import OUT, log, private_redis, progress, save_demo_size_regressor
+from _common import OUT, ensure_demo_size_regressor, log, private_redis, progress
 
 
 def main() -> None:
@@ -43,8 +43,7 @@ def main() -> None:
     with progress() as pr:
         ensure_storm(data, "big", seed=7, scenes=a.scenes, size=a.size, progress=pr, log=log)
     target = regressor_dir(data, "bench")
-    if not (target / "metadata.json").is_file():
-        save_demo_size_regressor(target)
+    ensure_demo_size_regressor(target)
     reg = load_regressor(target)
 
     with private_redis() as url:

@@ -152,6 +152,11 @@ def main() -> None:
     if not (data_dir / "storms" / STORM / "footprints.parquet").is_file():
         print(f"generating storm and model under {data_dir} ...", file=sys.stderr)
         make_data(data_dir, args.scenes, args.seed)
+    from _common import ensure_demo_size_regressor
+
+    from iou_maps.models import regressor_dir
+
+    ensure_demo_size_regressor(regressor_dir(data_dir, MODEL))
     storm = Catalog(data_dir).storm(STORM)
     # The analysis tiles of the storm (the generated model's analysis zoom is 18).
     tiles = [

@@ -140,6 +140,15 @@ def test_refuses_mismatched_classes_and_tampered_files(seg, tmp_path) -> None:
     with pytest.raises(RegressorError, match="missing"):
         load_regressor(tmp_path / "nothing")
 
+    # A regressor of the older layout (the segmentation model's input, not the chip).
+    older = tmp_path / "older"
+    older.mkdir()
+    inputs = keras.Input((64, 64, 3))
+    keras.Model(inputs, keras.layers.Dense(6)(inputs)).save(older / "model.keras")
+    (older / "metadata.json").write_text(meta_path.read_text())
+    with pytest.raises(RegressorError, match="older IoU Maps.*train-regressor"):
+        load_regressor(older)
+
 
 def test_one_trace_for_every_batch_size(seg, chips, tmp_path) -> None:
     reg = save_regressor(build_regressor(seg), META, tmp_path / "r")
