@@ -100,13 +100,22 @@ def ensure_regressor(
 ):  # fmt: skip
     from iou_maps.models import load_regressor_model
     from iou_maps.pipeline import regressor_metadata, regressor_training_set
-    from iou_maps.regressor import plot_report, save_regressor, train_regressor
+    from iou_maps.regressor import (
+        RegressorError,
+        plot_report,
+        save_regressor,
+        train_regressor,
+    )
 
     target = regressor_dir(data_dir, model)
     if (target / "metadata.json").is_file():
-        reg = load_regressor_model(data_dir, model)
-        log(f"metric regressor {model!r}: already trained (model id {reg.model_id})")
-        return reg
+        try:
+            reg = load_regressor_model(data_dir, model)
+        except RegressorError as exc:  # e.g. saved by an older version: the demo retrains
+            log(f"metric regressor {model!r}: {exc}; training it again")
+        else:
+            log(f"metric regressor {model!r}: already trained (model id {reg.model_id})")
+            return reg
     data = regressor_training_set(Catalog(data_dir), tables, progress=progress)
     advance = progress(f"train regressor on {len(data.images)} tiles", None)
     model_, report = train_regressor(seg, data.images, data.targets, data.scene_sets, seed=seed)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from iou_maps.classes import METRICS
-from iou_maps.models import load_regressor_model, load_segmentation_model
+from iou_maps.models import load_regressor_model, load_segmentation_model, regressor_dir
 from iou_maps.segmentation import demo_config
 
 from .conftest import ServedData, make_served_data
@@ -77,6 +77,19 @@ def test_cli_pipeline_end_to_end(data, tmp_path) -> None:
     assert set(pq["model_id"]) == {reg.model_id}
     assert csv["geometry"].str.startswith("POLYGON").all()  # WKT, as kepler.gl reads it
     np.testing.assert_allclose(pq["miou"].to_numpy(), gj["miou"].to_numpy(), rtol=1e-6)
+
+    # The demo's step retrains a regressor saved in an older layout instead of failing.
+    import keras
+
+    from iou_maps.demo import ensure_regressor
+
+    older = regressor_dir(data.data_dir, "reg2")
+    inputs = keras.Input((64, 64, 3))
+    keras.Model(inputs, keras.layers.Dense(6)(inputs)).save(older / "model.keras")
+    messages: list[str] = []
+    again = ensure_regressor(data.data_dir, "reg2", seg, [table_path], 18, log=messages.append)
+    assert "older IoU Maps" in messages[0] and again.model_id != reg.model_id
+    assert load_regressor_model(data.data_dir, "reg2").model_id == again.model_id
 
 
 def test_cli_errors_are_clear(data, tmp_path) -> None:
