@@ -181,6 +181,30 @@ class SoftmaxStatistics(keras.layers.Layer):
         return (input_shape[0][0], 2 * (nclasses * (len(UNSURE_BELOW) + 7) + 3))
 
 
+@keras.saving.register_keras_serializable(package="iou_maps")
+class MeanOverCountedClasses(keras.layers.Layer):
+    """A head's metric vector from its per-class outputs, by the metrics' own rule for mIoU.
+
+    Inputs: per-class IoU (N, C), presence (N, C) — the chance that a class the segmentation
+    does not predict is in the label all the same —, Dice (N, 1) and the softmax statistics
+    (their first C columns: predicted shares). A class enters the mean where it is predicted
+    (certainly) or present (with its probability, and IoU 0: nothing of it is predicted).
+    """
+
+    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+        iou, presence, dice, stats = inputs
+        nclasses = int(iou.shape[-1])
+        predicted = tf.cast(stats[:, :nclasses] > 0, iou.dtype)
+        counted = predicted + (1.0 - predicted) * presence
+        miou = tf.reduce_sum(iou * predicted, -1, keepdims=True) / tf.maximum(
+            tf.reduce_sum(counted, -1, keepdims=True), 1e-3
+        )
+        return tf.concat([iou, miou, dice], axis=-1)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return (input_shape[0][0], int(input_shape[0][-1]) + 2)
+
+
 def build_regressor(
     seg: SegmentationModel,
     hidden: Sequence[int] = (256, 128),
@@ -188,7 +212,10 @@ def build_regressor(
     heads: int = HEADS,
 ) -> keras.Model:
     """Chip → frozen segmentation model (with its test-time flips) → softmax statistics →
-    ``heads`` dense heads (6 sigmoids each) → their average.
+    ``heads`` dense heads → their average. Each head predicts per-class IoU, the presence of
+    classes the segmentation misses, and Dice; its mIoU follows from those (see
+    ``MeanOverCountedClasses``): a tile's mIoU is a mean over a set of classes that the
+    segmentation's output largely fixes, so the head need not learn the averaging.
 
     The head reads the segmentation's own output rather than the encoder's pooled features
     (which the issue's seed design used): a tile's mIoU hinges on which classes the model
@@ -208,16 +235,21 @@ def build_regressor(
         )
     else:
         probs = segmentation(x, training=False)
-    feats = SoftmaxStatistics(name=FEATURES)([probs, ImageryMask(name="imagery")(chips)])
+    stats = SoftmaxStatistics(name=FEATURES)([probs, ImageryMask(name="imagery")(chips)])
     # The statistics differ in scale by orders of magnitude (shares, logs, scores).
-    feats = keras.layers.Normalization(name="feature_norm")(feats)
+    normalized = keras.layers.Normalization(name="feature_norm")(stats)
+    nclasses = NMETRICS - 2
     outs = []
     for k in range(heads):
-        x = feats
+        x = normalized
         for i, units in enumerate(hidden):
             x = keras.layers.Dense(units, activation="relu", name=f"head{k}_dense_{i}")(x)
             x = keras.layers.Dropout(dropout, name=f"head{k}_dropout_{i}")(x)
-        outs.append(keras.layers.Dense(NMETRICS, activation="sigmoid", name=f"head{k}_out")(x))
+        parts = [
+            keras.layers.Dense(n, activation="sigmoid", name=f"head{k}_{part}")(x)
+            for part, n in (("iou", nclasses), ("presence", nclasses), ("dice", 1))
+        ]
+        outs.append(MeanOverCountedClasses(name=f"head{k}_out")([*parts, stats]))
     # Heads trained apart from different initialisations err differently: averaging them cuts
     # the variance that a few hundred tiles leave in any single head.
     if heads == 1:
@@ -248,7 +280,9 @@ def head_of(model: keras.Model, k: int = 0) -> keras.Model:
             break
         x = model.get_layer(f"head{k}_dropout_{i}")(dense(x))
         i += 1
-    return keras.Model(feats, model.get_layer(f"head{k}_out")(x), name=f"head{k}")
+    parts = [model.get_layer(f"head{k}_{part}")(x) for part in ("iou", "presence", "dice")]
+    out = model.get_layer(f"head{k}_out")([*parts, feats])
+    return keras.Model(feats, out, name=f"head{k}")
 
 
 def model_id_of(model: keras.Model, metadata: dict[str, Any]) -> str:

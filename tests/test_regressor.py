@@ -87,7 +87,7 @@ def test_statistics_see_what_the_segmentation_predicts(chips) -> None:
 def test_output_is_the_average_of_the_heads(seg, chips) -> None:
     model = build_regressor(seg, heads=3)
     for k in range(3):  # distinct heads, as training makes them
-        w = model.get_layer(f"head{k}_out").bias
+        w = model.get_layer(f"head{k}_iou").bias
         w.assign(w.numpy() + k - 1.0)
     x = chips[:4].astype(np.float32)
     feats = features_model(model)(x)
@@ -114,7 +114,7 @@ def test_round_trip_same_outputs_and_model_id(seg, chips, tmp_path) -> None:
 def test_changed_weight_changes_the_id(seg, tmp_path) -> None:
     model = build_regressor(seg)
     first = save_regressor(model, META, tmp_path / "a").model_id
-    w = model.get_layer("head0_out").kernel
+    w = model.get_layer("head0_iou").kernel
     w.assign(w.numpy() + 1e-3)
     assert save_regressor(model, META, tmp_path / "b").model_id != first
 
