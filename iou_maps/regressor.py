@@ -438,8 +438,9 @@ def split_by_scene(
     return ~val, val, sorted(val_scenes)
 
 
-def encode(model: keras.Model, chips: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Softmax statistics of uint8 chips (frozen: computed once for head training)."""
+def encode(model: keras.Model, chips: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
+    """Softmax statistics of uint8 chips (frozen: computed once for head training), in the
+    small batches that keep the UNet's activations in cache (see ``Regressor.predict``)."""
     features = features_model(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)])
