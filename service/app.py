@@ -28,6 +28,7 @@ from titiler.core.factory import ColorMapFactory, TMSFactory
 from titiler.core.routing import EndpointScope
 from titiler.mosaic.extensions.wmts import wmtsExtension
 
+from iou_maps import runtime
 from iou_maps.classes import METRICS
 from iou_maps.config import Settings
 from iou_maps.engine import MetricEngine, open_engine
@@ -145,5 +146,9 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory``: settings from the environment (IOU_MAPS_*)."""
+    """Factory for ``uvicorn --factory``: settings from the environment (IOU_MAPS_*).
+
+    A server process only infers: TensorFlow gets the inference settings (oneDNN on, one
+    core per op) unless the user set them or it was imported before (iou_maps.runtime)."""
+    runtime.inference_process()
     return create_app(Settings())
