@@ -1,17 +1,44 @@
-"""Regressor inference speed through the service's compiled path, at batch 1 and batch 32.
+"""Regressor inference speed, side by side with the code before the inference work, and how
+close it runs to the machine's float32 matrix-multiply rate.
 
-Uses the demo-size architecture (a fresh build: speed does not depend on the weights), saved
-and reloaded like a served model. Last line `batch1_tiles_s=<f> batch32_tiles_s=<f>`.
+Each round starts two fresh processes, one after the other: the current code, set up as the
+processes that only infer are (``iou_maps.runtime.inference_process``: oneDNN on, one core per
+op, the network on parallel branches), and the code of ``--baseline-rev`` (the commit before
+issue 18), as it ran then. Each builds a regressor of the demo architecture (fresh weights:
+speed does not depend on them), saves and reloads it like a served model, and times
+``Regressor.predict`` at each batch size. Between rounds numpy times a 2048×2048 float32
+matrix product on every core: the machine's practical limit for this work.
+
+``limit_fraction`` = (convolution FLOPs per chip × chips/s at batch 32) ÷ matmul FLOP/s.
+Figures are medians over the rounds; the spread is printed too. Last line
+``batch1_tiles_s=… batch32_tiles_s=… baseline_batch32_tiles_s=… speedup_batch32=…
+matmul_gflops=… limit_fraction=…``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-from _common import log, save_demo_size_regressor
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+#: The last commit before issue 18 (oneDNN, folded batch norms, parallel branches).
+BASELINE_REV = "3dabb09"
+#: Variables the package sets for itself: a worker starts without them and chooses its own.
+TF_VARIABLES = (
+    "TF_ENABLE_ONEDNN_OPTS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "IOU_MAPS_TF_DEFAULTS",
+)
 
 
 def rate(predict, chips, batch: int, seconds: float) -> float:
@@ -24,25 +51,163 @@ def rate(predict, chips, batch: int, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seconds", type=float, default=5.0, help="time per batch size")
-    a = p.parse_args()
+def conv_flops_per_chip(model) -> float:
+    """Multiply-adds ×2 of every convolution the regressor runs for one chip (its test-time
+    flips included), read off the layers' shapes."""
+    import keras
+
+    def walk(layer):
+        if isinstance(layer, keras.Model):
+            for inner in layer.layers:
+                yield from walk(inner)
+        else:
+            yield layer
+
+    flops = 0.0
+    images = 1
+    for layer in walk(model):
+        if type(layer).__name__ == "FlipAugmented" and not layer.inverse:
+            images = 4
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, cout = layer.output.shape
+            kh, kw, cin, _ = layer.kernel.shape
+            flops += 2.0 * h * w * cout * kh * kw * cin
+    return flops * images
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One timing process: ``--code`` holds the package to time (current or baseline)."""
+    sys.path.insert(0, str(Path(args.code)))
+    sys.path.insert(0, str(Path(args.code) / "bench"))
+    if not args.baseline:
+        from iou_maps import runtime
+
+        runtime.inference_process()
     import numpy as np
+    from _common import save_demo_size_regressor
 
     from iou_maps.regressor import load_regressor
 
     with tempfile.TemporaryDirectory() as tmp:
         save_demo_size_regressor(Path(tmp))
         reg = load_regressor(Path(tmp))
-    chips = np.random.default_rng(0).integers(0, 255, (32, 256, 256, 3), dtype=np.uint8)
-    r1 = rate(reg.predict, chips, 1, a.seconds)
-    r32 = rate(reg.predict, chips, 32, a.seconds)
-    for n in (1, 2, 5, 17, 32):
-        reg.predict(chips[:n])
-    log(f"compiled graphs after batch sizes 1..32: {reg.trace_count()}")
-    print(f"batch 1: {r1:.1f} tiles/s   batch 32: {r32:.1f} tiles/s   ({r32 / r1:.1f}x)")
-    print(f"batch1_tiles_s={r1:.2f} batch32_tiles_s={r32:.2f}")
+    chips = np.random.default_rng(0).integers(0, 255, (max(args.batches), 256, 256, 3), np.uint8)
+    rates = {b: rate(reg.predict, chips, b, args.seconds) for b in args.batches}
+    out = {
+        "rates": rates,
+        "flops_per_chip": conv_flops_per_chip(reg.model),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "branches": getattr(reg, "branches", 1),
+    }
+    print("RESULT " + json.dumps(out))
+
+
+def matmul_gflops(seconds: float = 2.0, n: int = 2048) -> float:
+    """float32 n×n matrix products per second on every core (numpy's BLAS), in GFLOP/s."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    k, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        k += 1
+    return 2.0 * n**3 * k / (time.perf_counter() - start) / 1e9
+
+
+def baseline_code(rev: str, into: Path) -> Path | None:
+    """The package and bench helpers of commit ``rev``, extracted under ``into``."""
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "iou_maps", "bench/_common.py"],
+            check=True,
+            capture_output=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"no baseline: cannot read commit {rev}: {exc}", file=sys.stderr)
+        return None
+    path = into / "baseline.tar"
+    path.write_bytes(archive)
+    with tarfile.open(path) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def run_worker(code: Path, baseline: bool, a: argparse.Namespace) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in TF_VARIABLES}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(code))
+    cmd = [sys.executable, str(Path(__file__)), "--worker", "--code", str(code)]
+    cmd += ["--seconds", str(a.seconds), "--batches", ",".join(map(str, a.batches))]
+    if baseline:
+        cmd.append("--baseline")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[7:])
+            result["rates"] = {int(k): v for k, v in result["rates"].items()}
+            return result
+    raise RuntimeError(f"worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} (min {min(values):.1f}, max {max(values):.1f})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seconds", type=float, default=4.0, help="time per batch size and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds (one process per code each)")
+    p.add_argument("--batches", default="1,32", help="batch sizes, comma-separated")
+    p.add_argument("--baseline-rev", default=BASELINE_REV, help="commit of the baseline code")
+    p.add_argument("--no-baseline", action="store_true", help="time the current code only")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--code", default=str(ROOT), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    a.batches = [int(b) for b in str(a.batches).split(",")]
+    if 32 not in a.batches:
+        a.batches.append(32)
+    if a.worker:
+        worker(a)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = None if a.no_baseline else baseline_code(a.baseline_rev, Path(tmp))
+        current, old, matmul = [], [], []
+        for r in range(a.rounds):
+            current.append(run_worker(ROOT, False, a))
+            if base is not None:
+                old.append(run_worker(base, True, a))
+            matmul.append(matmul_gflops())
+            line = f"round {r + 1}: " + ", ".join(
+                f"batch {b}: {current[-1]['rates'][b]:.1f}" for b in a.batches
+            )
+            if old:
+                line += f" tiles/s; baseline batch 32: {old[-1]['rates'][32]:.1f}"
+            print(f"{line}; matmul {matmul[-1]:.0f} GFLOP/s", flush=True)
+
+    info = current[-1]
+    print(f"current code: oneDNN={info['onednn']} branches={info['branches']}")
+    for b in a.batches:
+        print(f"batch {b}: {spread([c['rates'][b] for c in current])} tiles/s")
+    flops = info["flops_per_chip"]
+    r32 = statistics.median(c["rates"][32] for c in current)
+    mm = statistics.median(matmul)
+    achieved = flops * r32 / 1e9
+    print(f"convolutions: {flops / 1e9:.2f} GFLOP per chip; at batch 32 {achieved:.0f} GFLOP/s")
+    print(f"float32 matmul (numpy, every core): {spread(matmul)} GFLOP/s")
+    figures = {f"batch{b}_tiles_s": statistics.median(c["rates"][b] for c in current)
+               for b in a.batches}  # fmt: skip
+    if old:
+        b32 = statistics.median(o["rates"][32] for o in old)
+        print(f"baseline ({a.baseline_rev}, oneDNN={old[-1]['onednn']}) batch 32: "
+              f"{spread([o['rates'][32] for o in old])} tiles/s")  # fmt: skip
+        figures["baseline_batch32_tiles_s"] = b32
+        figures["speedup_batch32"] = r32 / b32
+    figures["matmul_gflops"] = mm
+    figures["limit_fraction"] = achieved / mm
+    print(" ".join(f"{k}={v:.3f}" if "fraction" in k or "speedup" in k else f"{k}={v:.2f}"
+                   for k, v in figures.items()))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,15 @@
-"""The metric regressor: the frozen segmentation UNet, statistics of its softmax, dense heads.
+"""The metric regressor: a frozen part of the segmentation model, then dense heads.
 
 It predicts, from a 256×256 analysis-tile chip alone, the metric vector (per-class IoU, mIoU,
-Dice) that the segmentation model would score against a label there. On disk::
+Dice) that the segmentation model would score against a label there. Two kinds:
+
+- ``softmax`` (the default): the whole frozen UNet with its test-time flips, statistics of its
+  softmax over the tile's imagery, heads that predict per-class IoU, missed classes and Dice.
+- ``encoder`` (the design the project started from): the UNet's encoder alone, cut at its
+  bottleneck, its feature maps pooled, heads that predict the six metrics. About 20x cheaper
+  per chip and less accurate (README, bench/regressor_accuracy.py).
+
+On disk::
 
     models/<name>/regressor/model.keras      frozen segmentation model + heads (Keras)
     models/<name>/regressor/metadata.json    classes, metrics, input size, analysis zoom,
@@ -27,8 +35,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from iou_maps import runtime
 from iou_maps.classes import CLASSES, METRICS, NMETRICS
-from iou_maps.segmentation import SegmentationModel, model_input
+from iou_maps.inference_graph import inference_model
+from iou_maps.segmentation import SegmentationModel, bottleneck_layer_name, model_input
 
 CHIP_SIZE = 256
 MODEL_FILE = "model.keras"
@@ -41,6 +51,12 @@ PREDICT_CHUNK = 2
 HEADS = 5
 #: The loss weighs mIoU more: it is the number the maps default to.
 METRIC_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 1.0], np.float32)
+#: Regressor kinds (see the module docstring), the default first.
+KINDS = ("softmax", "encoder")
+#: The frozen network inside each kind's model: ``Regressor`` runs it on parallel branches.
+NETWORK = {"softmax": "segmentation", "encoder": "encoder"}
+#: Head sizes and dropout of each kind (the encoder's are the seed design's).
+HEAD_LAYOUT = {"softmax": ((256, 128), 0.3), "encoder": ((128, 64), 0.2)}
 
 
 class RegressorError(ValueError):
@@ -205,28 +221,27 @@ class MeanOverCountedClasses(keras.layers.Layer):
         return (input_shape[0][0], int(input_shape[0][-1]) + 2)
 
 
-def build_regressor(
-    seg: SegmentationModel,
-    hidden: Sequence[int] = (256, 128),
-    dropout: float = 0.3,
-    heads: int = HEADS,
-) -> keras.Model:
-    """Chip → frozen segmentation model (with its test-time flips) → softmax statistics →
-    ``heads`` dense heads → their average. Each head predicts per-class IoU, the presence of
-    classes the segmentation misses, and Dice; its mIoU follows from those (see
-    ``MeanOverCountedClasses``): a tile's mIoU is a mean over a set of classes that the
-    segmentation's output largely fixes, so the head need not learn the averaging.
+def encoder_outputs(seg: SegmentationModel) -> list:
+    """The encoder's feature maps: each skip connection's source and the bottleneck.
 
-    The head reads the segmentation's own output rather than the encoder's pooled features
-    (which the issue's seed design used): a tile's mIoU hinges on which classes the model
-    predicts there, down to a few pixels, and on how sure it is — the decoder's output says
-    that directly, pooled bottleneck features only blur it (held-out MAE 0.045 against 0.085).
+    The decoder is cut off at the bottleneck; the skips are encoder tensors too (the decoder
+    only reads them), so pooling every level gives the head fine texture as well as context.
     """
-    if heads < 1:
-        raise ValueError(f"heads must be >= 1, got {heads}")
-    segmentation = keras.Model(seg.model.inputs, seg.model.output, name="segmentation")
+    model = seg.model
+    skips = [
+        layer.input[1]
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Concatenate) and len(layer.input) == 2
+    ]
+    bottleneck = model.get_layer(bottleneck_layer_name(model, seg.cfg)).output
+    skips.sort(key=lambda t: -int(t.shape[1]))  # finest first: a stable order
+    return [*skips, bottleneck]
+
+
+def _softmax_features(seg: SegmentationModel, chips: Any) -> Any:
+    """Chip → frozen UNet (with its test-time flips) → softmax statistics."""
+    segmentation = keras.Model(seg.model.inputs, seg.model.output, name=NETWORK["softmax"])
     segmentation.trainable = False
-    chips = keras.Input(shape=(CHIP_SIZE, CHIP_SIZE, 3), name="chip")
     x = ChipPreprocessing(seg.cfg.target_size, name="preprocess")(chips)
     if bool(seg.cfg.raw.get("TESTTIMEAUG", False)):
         flipped = FlipAugmented(name="flips")(x)
@@ -235,9 +250,57 @@ def build_regressor(
         )
     else:
         probs = segmentation(x, training=False)
-    stats = SoftmaxStatistics(name=FEATURES)([probs, ImageryMask(name="imagery")(chips)])
-    # The statistics differ in scale by orders of magnitude (shares, logs, scores).
-    normalized = keras.layers.Normalization(name="feature_norm")(stats)
+    return SoftmaxStatistics(name=FEATURES)([probs, ImageryMask(name="imagery")(chips)])
+
+
+def _encoder_features(seg: SegmentationModel, chips: Any) -> Any:
+    """Chip → frozen encoder → global average and max pooling of each level's feature map."""
+    encoder = keras.Model(seg.model.inputs, encoder_outputs(seg), name=NETWORK["encoder"])
+    encoder.trainable = False
+    x = ChipPreprocessing(seg.cfg.target_size, name="preprocess")(chips)
+    pooled = []
+    for i, fmap in enumerate(encoder(x, training=False)):
+        pooled.append(keras.layers.GlobalAveragePooling2D(name=f"avg_pool_{i}")(fmap))
+        pooled.append(keras.layers.GlobalMaxPooling2D(name=f"max_pool_{i}")(fmap))
+    return keras.layers.Concatenate(name=FEATURES)(pooled)
+
+
+def build_regressor(
+    seg: SegmentationModel,
+    kind: str = KINDS[0],
+    hidden: Sequence[int] | None = None,
+    dropout: float | None = None,
+    heads: int = HEADS,
+) -> keras.Model:
+    """Chip → frozen part of the segmentation model → features → ``heads`` dense heads →
+    their average.
+
+    ``softmax``: the features are statistics of the UNet's softmax (with its test-time flips);
+    each head predicts per-class IoU, the presence of classes the segmentation misses, and
+    Dice, and its mIoU follows from those (see ``MeanOverCountedClasses``): a tile's mIoU is a
+    mean over a set of classes that the segmentation's output largely fixes, so the head need
+    not learn the averaging. It reads the segmentation's own output rather than the encoder's
+    pooled features: a tile's mIoU hinges on which classes the model predicts there, down to a
+    few pixels, and on how sure it is — the decoder's output says that directly, pooled
+    bottleneck features only blur it (held-out MAE 0.045 against 0.085).
+
+    ``encoder``: the seed design, pooled encoder features and heads of six sigmoids; no
+    decoder, no flips: far cheaper per chip.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown regressor kind {kind!r}; valid: {', '.join(KINDS)}")
+    if heads < 1:
+        raise ValueError(f"heads must be >= 1, got {heads}")
+    default_hidden, default_dropout = HEAD_LAYOUT[kind]
+    hidden = default_hidden if hidden is None else hidden
+    dropout = default_dropout if dropout is None else dropout
+    chips = keras.Input(shape=(CHIP_SIZE, CHIP_SIZE, 3), name="chip")
+    if kind == "softmax":
+        features = _softmax_features(seg, chips)
+    else:
+        features = _encoder_features(seg, chips)
+    # The features differ in scale by orders of magnitude (shares, logs, scores, activations).
+    normalized = keras.layers.Normalization(name="feature_norm")(features)
     nclasses = NMETRICS - 2
     outs = []
     for k in range(heads):
@@ -245,11 +308,14 @@ def build_regressor(
         for i, units in enumerate(hidden):
             x = keras.layers.Dense(units, activation="relu", name=f"head{k}_dense_{i}")(x)
             x = keras.layers.Dropout(dropout, name=f"head{k}_dropout_{i}")(x)
+        if kind == "encoder":
+            outs.append(keras.layers.Dense(NMETRICS, activation="sigmoid", name=f"head{k}_out")(x))
+            continue
         parts = [
             keras.layers.Dense(n, activation="sigmoid", name=f"head{k}_{part}")(x)
             for part, n in (("iou", nclasses), ("presence", nclasses), ("dice", 1))
         ]
-        outs.append(MeanOverCountedClasses(name=f"head{k}_out")([*parts, stats]))
+        outs.append(MeanOverCountedClasses(name=f"head{k}_out")([*parts, features]))
     # Heads trained apart from different initialisations err differently: averaging them cuts
     # the variance that a few hundred tiles leave in any single head.
     if heads == 1:
@@ -257,6 +323,15 @@ def build_regressor(
     else:
         outputs = keras.layers.Average(name="metrics")(outs)
     return keras.Model(chips, outputs, name="metric_regressor")
+
+
+def kind_of(model: keras.Model) -> str:
+    """The kind of a regressor model, from the frozen network it holds."""
+    names = {layer.name for layer in model.layers}
+    for kind, network in NETWORK.items():
+        if network in names:
+            return kind
+    raise RegressorError(f"model {model.name!r} holds none of {sorted(NETWORK.values())}")
 
 
 def features_model(model: keras.Model) -> keras.Model:
@@ -280,8 +355,11 @@ def head_of(model: keras.Model, k: int = 0) -> keras.Model:
             break
         x = model.get_layer(f"head{k}_dropout_{i}")(dense(x))
         i += 1
-    parts = [model.get_layer(f"head{k}_{part}")(x) for part in ("iou", "presence", "dice")]
-    out = model.get_layer(f"head{k}_out")([*parts, feats])
+    if kind_of(model) == "encoder":
+        out = model.get_layer(f"head{k}_out")(x)
+    else:
+        parts = [model.get_layer(f"head{k}_{part}")(x) for part in ("iou", "presence", "dice")]
+        out = model.get_layer(f"head{k}_out")([*parts, feats])
     return keras.Model(feats, out, name=f"head{k}")
 
 
@@ -298,13 +376,22 @@ def model_id_of(model: keras.Model, metadata: dict[str, Any]) -> str:
 
 @dataclass
 class Regressor:
-    """A loaded metric regressor with a compiled, retrace-free prediction path."""
+    """A loaded metric regressor with a compiled, retrace-free prediction path.
+
+    Predictions run an inference copy of the model (``iou_maps.inference_graph``): batch norms
+    folded into their convolutions, the frozen network on ``branches`` parallel branches
+    (default: what ``iou_maps.runtime`` chose for this process).
+    """
 
     model: keras.Model
     metadata: dict[str, Any]
+    branches: int | None = None
 
     def __post_init__(self) -> None:
-        model = self.model
+        if self.branches is None:
+            self.branches = runtime.inference_branches()
+        self.inference = inference_model(self.model, NETWORK[kind_of(self.model)], self.branches)
+        model = self.inference
 
         # One trace for every batch size: the batch dimension is None in the signature.
         @tf.function(
@@ -315,6 +402,11 @@ class Regressor:
             return model(tf.cast(chips, tf.float32), training=False)
 
         self._predict = _predict
+
+    @property
+    def kind(self) -> str:
+        """``softmax`` or ``encoder`` (see the module docstring)."""
+        return str(self.metadata.get("kind", KINDS[0]))
 
     @property
     def model_id(self) -> str:
@@ -354,6 +446,7 @@ def save_regressor(model: keras.Model, metadata: dict[str, Any], directory: Path
     directory.mkdir(parents=True, exist_ok=True)
     metadata = {
         **metadata,
+        "kind": kind_of(model),
         "classes": list(CLASSES),
         "metrics": list(METRICS),
         "chip_size": CHIP_SIZE,
@@ -408,6 +501,11 @@ def load_regressor(directory: Path, *, nclasses: int | None = None) -> Regressor
             f"{CHIP_SIZE}x{CHIP_SIZE} RGB chips: it was saved by an older IoU Maps; "
             "train it again with `iou-maps train-regressor`"
         )
+    if metadata.get("kind", KINDS[0]) != kind_of(model):
+        raise RegressorError(
+            f"regressor {directory}: metadata says kind {metadata.get('kind')!r} but the model "
+            f"is a {kind_of(model)!r} regressor"
+        )
     expected = model_id_of(model, metadata)
     if metadata.get("model_id") != expected:
         raise RegressorError(
@@ -439,8 +537,9 @@ def split_by_scene(
 
 
 def encode(model: keras.Model, chips: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
-    """Softmax statistics of uint8 chips (frozen: computed once for head training), in the
-    small batches that keep the UNet's activations in cache (see ``Regressor.predict``)."""
+    """Features (softmax statistics or pooled encoder maps) of uint8 chips (frozen: computed
+    once for head training), in the small batches that keep the UNet's activations in cache
+    (see ``Regressor.predict``)."""
     features = features_model(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)])
@@ -483,20 +582,21 @@ def train_regressor(
     seed: int = 0,
     augment: bool = True,
     heads: int = HEADS,
+    kind: str = KINDS[0],
 ) -> tuple[keras.Model, dict[str, Any]]:
-    """Fit the heads on the softmax statistics; returns the full model and a report dict.
+    """Fit the heads of a ``kind`` regressor; returns the full model and a report dict.
 
-    The segmentation model is frozen, so the statistics are computed once and only the heads
+    The segmentation model is frozen, so the features are computed once and only the heads
     are trained — seconds instead of minutes on two CPU cores. Flips augment the training
-    tiles only for a model without test-time flips: with them, a flipped chip has the same
-    statistics.
+    tiles only for a model without test-time flips (the ``encoder`` kind): with them, a
+    flipped chip has the same statistics.
     """
     keras.utils.set_random_seed(seed)
     targets = np.asarray(targets, np.float32)
     train, val, val_scenes = split_by_scene(scene_sets, val_fraction, seed)
     if not train.any() or not val.any():
         raise ValueError("the split by scene left no training or no validation tiles")
-    model = build_regressor(seg, heads=heads)
+    model = build_regressor(seg, kind, heads=heads)
     x_train, y_train = chips[train], targets[train]
     if augment and not any(isinstance(layer, FlipAugmented) for layer in model.layers):
         x_train = np.concatenate(
@@ -530,6 +630,7 @@ def train_regressor(
         "val_tiles": int(val.sum()),
         "val_scenes": val_scenes,
         "heads": heads,
+        "kind": kind,
         "epochs_run": epochs_run,
         "best_val_loss": val_losses,
         "scores": evaluation_scores(targets[val], pred_val, baseline),

@@ -20,8 +20,8 @@ from iou_maps.segmentation import demo_config
 from .conftest import ServedData, make_served_data
 
 
-def run(data: ServedData, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "IOU_MAPS_DATA_DIR": str(data.data_dir)}
+def run(data: ServedData, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IOU_MAPS_DATA_DIR": str(data.data_dir), **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "iou_maps.cli", *args], env=env, capture_output=True, text=True
     )
@@ -90,6 +90,26 @@ def test_cli_pipeline_end_to_end(data, tmp_path) -> None:
     again = ensure_regressor(data.data_dir, "reg2", seg, [table_path], 18, log=messages.append)
     assert "older IoU Maps" in messages[0] and again.model_id != reg.model_id
     assert load_regressor_model(data.data_dir, "reg2").model_id == again.model_id
+
+
+def test_encoder_kind_through_the_cli(data, tmp_path, redis_url) -> None:
+    # The seed's design as a choice: trained by the CLI, recorded in the metadata, and used by
+    # precompute like the default kind.
+    table_path = tmp_path / "alpha.parquet"
+    res = run(data, "evaluate", data.storm, "--model", data.model, "--out", str(table_path))
+    assert res.returncode == 0, res.stderr
+    res = run(data, "train-regressor", "--segmentation", data.model, "--table", str(table_path),
+              "--out", "enc", "--epochs", "3", "--kind", "encoder")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "encoder regressor 'enc'" in res.stdout
+    reg = load_regressor_model(data.data_dir, "enc")
+    assert reg.kind == reg.metadata["kind"] == "encoder"
+    res = run(data, "precompute", data.storm, "--model", "enc", REDIS_URL=redis_url)
+    assert res.returncode == 0, res.stderr
+    assert "computed" in res.stdout
+    res = run(data, "train-regressor", "--segmentation", data.model, "--table", str(table_path),
+              "--kind", "pixels")  # fmt: skip
+    assert res.returncode == 2 and "pixels" in res.stderr
 
 
 def test_cli_errors_are_clear(data, tmp_path) -> None:

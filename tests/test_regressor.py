@@ -10,14 +10,20 @@ import numpy as np
 import pytest
 
 from iou_maps.classes import METRICS, NCLASSES, NODATA_LABEL
+from iou_maps.inference_graph import foldable_batch_norms
 from iou_maps.metrics import class_fractions
 from iou_maps.regressor import (
     FEATURES,
+    KINDS,
+    NETWORK,
+    FlipAugmented,
+    Regressor,
     RegressorError,
     build_regressor,
     encode,
     features_model,
     head_of,
+    kind_of,
     load_regressor,
     masked_loss,
     save_regressor,
@@ -196,3 +202,74 @@ def test_training_learns_a_learnable_target(seg) -> None:
     assert report["heads"] == 2 and len(report["epochs_run"]) == 2
     assert report["scores"]["miou"]["pearson_r"] > 0.8
     assert report["scores"]["miou"]["mae"] < report["scores"]["miou"]["baseline_mae"]
+
+
+def with_batch_statistics(seg: SegmentationModel) -> SegmentationModel:
+    """``seg`` with trained-looking batch-norm statistics (a fresh model's are 0 and 1, which
+    folding leaves unchanged)."""
+    rng = np.random.default_rng(2)
+    for layer in seg.model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.2, n),
+                 rng.uniform(0.5, 1.5, n)]
+            )  # fmt: skip
+    return seg
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_copy_computes_what_the_model_does(kind, chips, tmp_path) -> None:
+    # Regressor.predict runs a copy with batch norms folded into convolutions and the frozen
+    # network on parallel branches: the numbers must be the saved model's own.
+    seg = with_batch_statistics(tiny_segmentation())
+    folded = foldable_batch_norms(seg.model)
+    assert len(folded) >= 10  # most of a resunet's batch norms follow a convolution
+    model = build_regressor(seg, kind)
+    direct = keras.ops.convert_to_numpy(model(chips.astype(np.float32), training=False))
+    for branches in (1, 2, 3):
+        reg = Regressor(model, {**META, "kind": kind, "model_id": "x"}, branches=branches)
+        assert reg.branches == branches
+        np.testing.assert_allclose(reg.predict(chips), direct, atol=1e-5)
+        # A batch smaller than the branches (one chip: one image without flips) too.
+        np.testing.assert_allclose(reg.predict(chips[:1]), direct[:1], atol=1e-5)
+    names = {layer.name for layer in reg.inference.get_layer(f"{NETWORK[kind]}_branches")
+             .network.layers}  # fmt: skip
+    assert not names & set(folded)  # the folded batch norms are gone from the copy
+    assert reg.model.get_layer(NETWORK[kind]).get_layer(next(iter(folded))) is not None
+
+
+def test_encoder_kind_trains_saves_and_loads(seg, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    level = rng.random(48)
+    chips = np.full((48, 256, 256, 3), 120, np.uint8)
+    for i, lv in enumerate(level):
+        chips[i, :, : int(lv * 256)] = rng.integers(0, 255, (256, int(lv * 256), 3))
+    y = np.repeat(level[:, None], 6, axis=1).astype(np.float32)
+    sets = [frozenset({f"s{i % 6}"}) for i in range(48)]
+    model, report = train_regressor(
+        seg, chips, y, sets, epochs=60, patience=20, heads=2, kind="encoder"
+    )
+    assert report["kind"] == "encoder" and kind_of(model) == "encoder"
+    # The seed design: the encoder alone (no decoder, no flips), frozen; heads of 6 sigmoids.
+    assert not any(isinstance(layer, FlipAugmented) for layer in model.layers)
+    encoder = model.get_layer("encoder")
+    assert not encoder.trainable and encoder.trainable_weights == []
+    assert all(w.path.startswith("head") for w in model.trainable_weights)
+    assert not any(layer.name.startswith("conv2d_transpose") for layer in encoder.layers)
+    assert encoder.output[-1].shape[1] == seg.cfg.target_size[0] // 16  # cut at the bottleneck
+    saved = save_regressor(model, META, tmp_path / "enc")
+    loaded = load_regressor(tmp_path / "enc")
+    assert loaded.kind == saved.kind == "encoder"
+    assert json.loads((tmp_path / "enc" / "metadata.json").read_text())["kind"] == "encoder"
+    np.testing.assert_allclose(loaded.predict(chips[:5]), saved.predict(chips[:5]), atol=1e-6)
+    # The kind is part of the metadata, hence of the model id.
+    softmax = save_regressor(build_regressor(seg), META, tmp_path / "soft")
+    assert softmax.kind == "softmax" and softmax.model_id != loaded.model_id
+    with pytest.raises(ValueError, match="kind"):
+        build_regressor(seg, "pixels")
+    # Metadata that lies about the kind is refused.
+    meta = json.loads((tmp_path / "enc" / "metadata.json").read_text())
+    (tmp_path / "enc" / "metadata.json").write_text(json.dumps({**meta, "kind": "softmax"}))
+    with pytest.raises(RegressorError, match="kind"):
+        load_regressor(tmp_path / "enc")
