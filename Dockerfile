@@ -4,7 +4,10 @@
 #   docker run --rm -p 8000:8000 -v iou-data:/data iou-maps           # viewer on :8000
 #   docker run --rm -v iou-data:/data iou-maps iou-maps storms        # any CLI command
 #
-# compose.yaml runs it next to a Redis cache. Built for linux/amd64 (tensorflow-cpu wheels).
+#   docker build --build-arg TENSORFLOW=gpu -t iou-maps:gpu .         # NVIDIA GPUs:
+#   docker run --rm --gpus all -p 8000:8000 -v iou-data:/data iou-maps:gpu
+#
+# compose.yaml runs it next to a Redis cache. Built for linux/amd64 (TensorFlow wheels).
 # Checked by tests/test_container.py (hadolint, and that every command, option, port, path
 # and setting named here exists in the package).
 
@@ -13,6 +16,10 @@
 # (every dependency ships manylinux wheels, so no compiler is needed).
 # ---------------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS builder
+
+# Which TensorFlow (an extra of pyproject.toml): cpu (tensorflow-cpu) or gpu
+# (tensorflow[and-cuda]: TensorFlow with its CUDA kernels and NVIDIA's CUDA libraries).
+ARG TENSORFLOW=cpu
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -28,7 +35,7 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 RUN mkdir -p iou_maps service \
     && touch iou_maps/__init__.py service/__init__.py \
-    && pip install --no-cache-dir . \
+    && pip install --no-cache-dir "./[${TENSORFLOW}]" \
     && pip uninstall --yes iou-maps \
     && rm -rf build ./*.egg-info
 

@@ -144,3 +144,46 @@ def pipeline_segmentation(data: Path, pr: Callable) -> tuple[object, object]:
 
     train = pipeline_storm(data, 1, pr)
     return train, ensure_segmentation(data, "bench", [train], 18, progress=pr, log=log)
+
+
+RATE_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from iou_maps import runtime
+runtime.inference_process()
+import numpy as np
+from iou_maps.regressor import load_regressor
+reg = load_regressor(Path(sys.argv[1]))
+chips = np.load(sys.argv[2])
+batch, seconds = int(sys.argv[3]), float(sys.argv[4])
+reg.predict(chips[:batch])
+n, start = 0, time.perf_counter()
+while time.perf_counter() - start < seconds:
+    for i in range(0, len(chips), batch):
+        reg.predict(chips[i : i + batch])
+        n += len(chips[i : i + batch])
+print(json.dumps({"tiles_s": n / (time.perf_counter() - start)}))
+"""
+
+
+def predict_rate(regressor: Path, chips: object, batch: int = 32, seconds: float = 5.0) -> float:
+    """Tiles/s of ``Regressor.predict`` on ``chips`` in a fresh process set up as the service
+    and precompute are (iou_maps.runtime.inference_process): a process that has trained runs
+    TensorFlow with other settings, which cannot change once it is imported."""
+    import json
+
+    import numpy as np
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "IOU_MAPS_TF"))}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chips.npy"
+        np.save(path, np.asarray(chips))
+        proc = subprocess.run(
+            [sys.executable, "-c", RATE_SCRIPT, str(regressor), str(path), str(batch),
+             str(seconds)],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"rate process failed: {proc.stderr[-2000:]}")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["tiles_s"])

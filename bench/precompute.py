@@ -29,6 +29,11 @@ def main() -> None:
         "--raw-tiles", type=int, default=0, help="tiles for the raw-inference run (0: all)"
     )
     a = p.parse_args()
+    from iou_maps import runtime
+
+    # Set up as `iou-maps precompute` is (oneDNN on, one core per op, parallel branches), for
+    # both sides: precompute and raw inference run the same faster path.
+    runtime.inference_process()
     import numpy as np
     import redis
 

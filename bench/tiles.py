@@ -137,6 +137,11 @@ class RawCost:
 
 
 def main() -> None:
+    from iou_maps import runtime
+
+    # The raw side runs in this process as the server runs (iou_maps.runtime's inference
+    # settings): both sides pay the same for a model call.
+    runtime.inference_process()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "tiles")
     parser.add_argument("--rounds", type=int, default=20, help="Passes over the storm's tiles.")

@@ -96,8 +96,11 @@ def ensure_evaluation(
 
 def ensure_regressor(
     data_dir: Path, model: str, seg, tables: list[Path], zoom: int, *,
-    progress: Progress = no_progress, log: Log = print, seed: int = 0,
+    progress: Progress = no_progress, log: Log = print, seed: int = 0, kind: str = "softmax",
+    segmentation: str | None = None,
 ):  # fmt: skip
+    """The regressor ``model`` of ``kind`` on segmentation model ``seg`` (named
+    ``segmentation``, default ``model``): loaded if it is there and usable, else trained."""
     from iou_maps.models import load_regressor_model
     from iou_maps.pipeline import regressor_metadata, regressor_training_set
     from iou_maps.regressor import (
@@ -114,13 +117,19 @@ def ensure_regressor(
         except RegressorError as exc:  # e.g. saved by an older version: the demo retrains
             log(f"metric regressor {model!r}: {exc}; training it again")
         else:
-            log(f"metric regressor {model!r}: already trained (model id {reg.model_id})")
-            return reg
+            if reg.kind == kind:
+                log(f"metric regressor {model!r}: already trained (model id {reg.model_id})")
+                return reg
+            log(f"metric regressor {model!r} is of kind {reg.kind!r}, not {kind!r}: retraining")
     data = regressor_training_set(Catalog(data_dir), tables, progress=progress)
     advance = progress(f"train regressor on {len(data.images)} tiles", None)
-    model_, report = train_regressor(seg, data.images, data.targets, data.scene_sets, seed=seed)
+    model_, report = train_regressor(
+        seg, data.images, data.targets, data.scene_sets, seed=seed, kind=kind
+    )
     advance(1)
-    reg = save_regressor(model_, regressor_metadata(model, seg, zoom, data, report), target)
+    reg = save_regressor(
+        model_, regressor_metadata(segmentation or model, seg, zoom, data, report), target
+    )
     plot_report(report, target / "validation.png")
     m = report["scores"]["miou"]
     log(

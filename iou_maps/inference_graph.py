@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
+
+from iou_maps.backend import keras, tf
 
 #: Layers that do nothing at inference time (folding looks through them).
 _INFERENCE_NO_OPS = (keras.layers.Dropout, keras.layers.SpatialDropout2D)
@@ -103,9 +103,7 @@ class Branches(keras.layers.Layer):
         n = tf.shape(x)[0]
         pad = (-n) % self.branches
         x = tf.concat([x, tf.repeat(x[-1:], pad, axis=0)], axis=0)
-        parts = [
-            self.network(part, training=False) for part in tf.split(x, self.branches, axis=0)
-        ]
+        parts = [self.network(part, training=False) for part in tf.split(x, self.branches, axis=0)]
         # The network may return several maps (the encoder's levels): join each across parts.
         return tf.nest.map_structure(lambda *xs: tf.concat(xs, axis=0)[:n], *parts)
 

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from iou_maps import runtime
+from iou_maps.backend import keras, tf
 from iou_maps.classes import CLASSES, METRICS, NMETRICS
 from iou_maps.inference_graph import inference_model
 from iou_maps.segmentation import SegmentationModel, bottleneck_layer_name, model_input

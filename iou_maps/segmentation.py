@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import keras
 import numpy as np
-import tensorflow as tf
-from keras import layers, ops
 
+from iou_maps.backend import keras, tf
 from iou_maps.classes import NCLASSES, NODATA_LABEL
+
+layers, ops = keras.layers, keras.ops
 
 #: Every key that segmentation_gym (train_model.py, make_dataset.py, seg_images_in_folder.py)
 #: and the Segmentation Zoo model configs use.

@@ -508,3 +508,20 @@ def test_build_context_has_what_the_dockerfile_copies() -> None:
     assert not left_out, f".dockerignore leaves out what the Dockerfile copies: {left_out}"
     for unwanted in UNWANTED_IN_CONTEXT:
         assert ignored_by_dockerignore(unwanted, rules), f"{unwanted} is sent to the builder"
+
+
+def test_tensorflow_build_argument_selects_an_extra_with_tensorflow() -> None:
+    # `--build-arg TENSORFLOW=gpu` installs `.[gpu]`; every value the Dockerfile names is an
+    # extra of pyproject.toml that brings TensorFlow, and the base dependencies bring none
+    # (the CPU and the CUDA builds must not be installed together).
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert not any(d.startswith("tensorflow") for d in project["dependencies"])
+    assert extras["cpu"] == ["tensorflow-cpu>=2.16,<2.22"]
+    assert extras["gpu"][0].startswith("tensorflow[and-cuda]")
+    args = [a for stage in dockerfile_instructions() for key, a in stage if key == "ARG"]
+    (default,) = [a.split("=", 1)[1] for a in args if a.startswith("TENSORFLOW=")]
+    named = set(re.findall(r"TENSORFLOW=(\w+)", DOCKERFILE.read_text()))
+    assert default == "cpu" and named == {"cpu", "gpu"} <= set(extras)
+    assert '"./[${TENSORFLOW}]"' in DOCKERFILE.read_text()
+    assert "'.[cpu,test]'" in (REPO / "Makefile").read_text()

@@ -117,3 +117,15 @@ def test_onednn_inference_gives_the_same_numbers(kind, tmp_path) -> None:
     assert infos["inference_process"]["onednn"] is True
     assert infos["inference_process"]["branches"] == runtime.cores()
     np.testing.assert_allclose(outs["inference_process"], outs["training_process"], atol=1e-5)
+
+
+def test_missing_tensorflow_says_which_extra_to_install() -> None:
+    # TensorFlow comes with the `cpu` or `gpu` extra: without it, the error says so.
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "try:\n    import iou_maps.regressor\n"
+        "except ModuleNotFoundError as exc:\n    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert "pip install 'iou-maps[cpu]'" in proc.stdout, proc.stderr[-2000:]
