@@ -72,8 +72,9 @@ def main() -> None:
 
     tiles = storm_tiles(engine, "big")
     tiles = tiles[: a.raw_tiles] if a.raw_tiles else tiles  # the same tiles as precompute
-    _, backend = engine.storm("big")
-    chips = [c for c in engine.read_chips(backend, tiles) if isinstance(c, np.ndarray)]
+    backend = engine.storm("big").backend
+    reads = engine.local().reader.read(backend, tiles)
+    chips = [r.chip for r in reads if r.chip is not None]
     stack = np.stack(chips)
     start = time.perf_counter()
     for i in range(0, len(stack), a.batch_size):

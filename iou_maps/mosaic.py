@@ -38,7 +38,7 @@ from rio_tiler.mosaic.methods.defaults import FirstMethod
 from rio_tiler.types import BBox, Indexes
 from rio_tiler.utils import cast_to_sequence
 
-from iou_maps.catalog import Storm
+from iou_maps.catalog import Catalog, Storm
 from iou_maps.classes import NODATA_LABEL
 
 #: Lowest zoom served for a storm: below this a storm is a few pixels wide.
@@ -56,6 +56,48 @@ def storm_zoom_range(storm: Storm) -> tuple[int, int]:
 
 class SceneReadError(RuntimeError):
     """A scene file of a storm could not be read; the message names the scene."""
+
+
+@dataclass(frozen=True)
+class LoadedStorm:
+    """A storm and the mosaic backend of its scenes, as loaded from its footprints file."""
+
+    storm: Storm
+    backend: StormBackend
+    footprints_path: str
+    mtime: float
+
+
+class OpenStorms:
+    """The storms of a catalog with their mosaic backends, each reloaded when its footprints
+    file changes (a re-ingest). A known storm costs one stat of that file."""
+
+    def __init__(self, catalog: Catalog, scenes: OpenScenes | None = None) -> None:
+        self.catalog = catalog
+        self.scenes = scenes if scenes is not None else OpenScenes()
+        self._loaded: dict[str, LoadedStorm] = {}
+
+    def get(self, storm_name: str) -> LoadedStorm:
+        """The storm named ``storm_name`` (the catalog validates the name before any disk
+        access: InvalidStormName, StormNotFound)."""
+        loaded = self._loaded.get(storm_name)
+        if loaded is not None:
+            try:
+                if os.stat(loaded.footprints_path).st_mtime == loaded.mtime:
+                    return loaded
+            except OSError:
+                pass  # removed: the catalog says what is wrong
+        storm = self.catalog.storm(storm_name)
+        path = str(storm.footprints_path)
+        loaded = LoadedStorm(
+            storm, StormBackend(storm, scenes=self.scenes), path, os.stat(path).st_mtime
+        )
+        self._loaded[storm_name] = loaded
+        return loaded
+
+    def close(self) -> None:
+        """Close the open scene files."""
+        self.scenes.close()
 
 
 class OpenScenes:

@@ -1,8 +1,10 @@
 """Fill the metric cache for a whole storm: every analysis tile, then the aggregated levels.
 
-Imagery reads run ahead of inference in a thread pool, the regressor runs on full batches and
-Redis writes are pipelined per batch. Every value is written atomically (one hash field), so a
-killed run leaves only whole values behind; a re-run skips what is cached for this model id
+In this process (the default, the fastest on one small machine): imagery reads run ahead of
+inference in a thread pool, the regressor runs on full batches and each batch's Redis write
+goes to a writer thread. On a Dask cluster (``iou_maps.cluster``) every worker runs the same
+pipeline (``fill``) on blocks of tiles. Every value is written atomically (one hash field), so
+a killed run leaves only whole values behind; a re-run skips what is cached for this model id
 and finishes the job. ``refresh=True`` recomputes everything.
 """
 
@@ -21,14 +23,19 @@ import numpy as np
 import shapely
 from mercantile import Tile
 
-from iou_maps.engine import ImageryReadError, MetricEngine
+from iou_maps.catalog import Storm
+from iou_maps.compute import LocalComputer
+from iou_maps.engine import MetricEngine
 from iou_maps.grid import aggregate, tiles_intersecting
-from iou_maps.metric_store import NO_IMAGERY, Entry
+from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
+from iou_maps.mosaic import StormBackend, storm_zoom_range
 
 #: How much lower than the process the read threads run (see _yield_to_inference).
 READ_THREAD_NICENESS = 10
 #: Cache reads for the skip check go in chunks of this many tiles (one round trip each).
 LOOKUP_CHUNK = 4096
+#: Failure messages kept in a summary (the count is always complete).
+MAX_FAILURES_KEPT = 100
 
 
 class CacheUnavailable(RuntimeError):
@@ -36,39 +43,72 @@ class CacheUnavailable(RuntimeError):
 
 
 @dataclass
-class PrecomputeSummary:
-    storm: str
-    model_id: str
-    total: int = 0
+class FillCounts:
+    """What filling a set of tiles did."""
+
     computed: int = 0
-    already_cached: int = 0
     no_imagery: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    model_calls: int = 0
+
+    def add(self, other: FillCounts) -> None:
+        """Add ``other``'s counts (a block's, to a run's)."""
+        self.computed += other.computed
+        self.no_imagery += other.no_imagery
+        self.failed += other.failed
+        self.failures.extend(other.failures[: MAX_FAILURES_KEPT - len(self.failures)])
+        self.model_calls += other.model_calls
+
+
+@dataclass
+class PrecomputeSummary(FillCounts):
+    """What a precompute run did (the counts of every tile of the storm, and the time)."""
+
+    storm: str = ""
+    model_id: str = ""
+    total: int = 0
+    already_cached: int = 0
     aggregated: int = 0
     seconds: float = 0.0
-    model_calls: int = 0
 
     @property
     def tiles_per_second(self) -> float:
+        """Tiles computed per second of the whole run (aggregates included)."""
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
 Progress = Callable[[int, int], None]  # (tiles done now, total) after each batch
 
 
-def storm_tiles(
-    engine: MetricEngine, storm: str, bbox: Sequence[float] | None = None
-) -> list[Tile]:
-    """Analysis tiles under the storm's footprints (and inside ``bbox`` W,S,E,N if given)."""
-    st, _ = engine.storm(storm)
-    area = st.coverage
+def tiles_of(storm: Storm, zoom: int, bbox: Sequence[float] | None = None) -> list[Tile]:
+    """Analysis tiles at ``zoom`` under the storm's footprints (and inside ``bbox`` W,S,E,N)."""
+    area = storm.coverage
     if bbox is not None:
         w, s, e, n = bbox
         if not (w < e and s < n):
             raise ValueError(f"bbox {bbox} must be W,S,E,N with W < E and S < N")
         area = shapely.intersection(area, shapely.box(w, s, e, n))
-    return tiles_intersecting(area, engine.analysis_zoom)
+    return tiles_intersecting(area, zoom)
+
+
+def storm_tiles(
+    engine: MetricEngine, storm: str, bbox: Sequence[float] | None = None
+) -> list[Tile]:
+    """Analysis tiles under the storm's footprints (and inside ``bbox`` W,S,E,N if given)."""
+    return tiles_of(engine.storm(storm).storm, engine.analysis_zoom, bbox)
+
+
+def uncached(store: MetricStore, storm: str, tiles: Sequence[Tile]) -> tuple[list[Tile], int]:
+    """(tiles not cached for the store's model, how many are), in chunks of round trips."""
+    todo: list[Tile] = []
+    cached = 0
+    for i in range(0, len(tiles), LOOKUP_CHUNK):
+        chunk = tiles[i : i + LOOKUP_CHUNK]
+        got = store.get_many(storm, chunk)
+        cached += len(got)
+        todo.extend(t for t in chunk if t not in got)
+    return todo, cached
 
 
 def _yield_to_inference() -> None:
@@ -85,6 +125,67 @@ def _yield_to_inference() -> None:
         pass
 
 
+def fill(
+    computer: LocalComputer,
+    backend: StormBackend,
+    tiles: Sequence[Tile],
+    write: Callable[[dict[Tile, Entry]], None],
+    *,
+    batch_size: int = 64,
+    workers: int = 4,
+    advance: Callable[[int], None] | None = None,
+) -> FillCounts:
+    """Read, infer and ``write`` the entries of ``tiles``: reads ``2 × workers`` chunks ahead
+    in read threads, inference on full batches, each batch's write in a writer thread (a
+    failed write surfaces at the next batch). ``advance(n)`` after each batch's ``n`` tiles."""
+    counts = FillCounts()
+    writes: deque[Future[None]] = deque()
+
+    def flush(batch: list[tuple[Tile, np.ndarray]], entries: dict[Tile, Entry]) -> None:
+        if batch:
+            values = computer.infer(np.stack([c for _, c in batch]))
+            counts.model_calls += 1
+            entries.update((t, Entry(v, 1)) for (t, _), v in zip(batch, values, strict=True))
+            counts.computed += len(batch)
+        while writes and writes[0].done():
+            writes.popleft().result()
+        # One pipelined round trip per batch, in the writer thread: the next batch's inference
+        # does not wait for it.
+        writes.append(writer.submit(write, entries))
+
+    with (
+        ThreadPoolExecutor(
+            max(1, workers), thread_name_prefix="precompute-read", initializer=_yield_to_inference
+        ) as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="precompute-write") as writer,
+    ):
+        batch: list[tuple[Tile, np.ndarray]] = []
+        entries: dict[Tile, Entry] = {}
+        pending = 0  # tiles read since the last write
+        for read in computer.reader.stream(backend, tiles, pool, ahead=2 * max(1, workers)):
+            pending += 1
+            if read.error is not None:
+                counts.failed += 1
+                if len(counts.failures) < MAX_FAILURES_KEPT:
+                    counts.failures.append(str(read.error))
+            elif read.chip is None:
+                entries[read.tile] = NO_IMAGERY
+                counts.no_imagery += 1
+            else:
+                batch.append((read.tile, read.chip))
+            if len(batch) >= batch_size or len(entries) >= batch_size:
+                flush(batch, entries)
+                if advance:
+                    advance(pending)
+                batch, entries, pending = [], {}, 0
+        flush(batch, entries)
+        for done in writes:  # every value is stored before the counts say so
+            done.result()
+    if advance and pending:
+        advance(pending)
+    return counts
+
+
 def precompute(
     engine: MetricEngine,
     storm: str,
@@ -96,94 +197,51 @@ def precompute(
     min_zoom: int | None = None,
     progress: Progress | None = None,
 ) -> PrecomputeSummary:
-    """Compute and cache every analysis tile of ``storm``, then the lower-zoom aggregates."""
+    """Compute and cache every analysis tile of ``storm`` in this process, then the lower-zoom
+    aggregates."""
     if engine.store is None or not engine.store.ping():
         raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
     store = engine.store
-    st, backend = engine.storm(storm)
+    loaded = engine.storm(storm)
     start = time.perf_counter()
-    calls_before = engine.model_calls
-    tiles = storm_tiles(engine, storm, bbox)
-    summary = PrecomputeSummary(storm, engine.model_id, total=len(tiles))
-
-    todo: list[Tile] = []
-    if refresh:
-        todo = list(tiles)
-    else:
-        for i in range(0, len(tiles), LOOKUP_CHUNK):
-            chunk = tiles[i : i + LOOKUP_CHUNK]
-            cached = store.get_many(storm, chunk)
-            summary.already_cached += len(cached)
-            todo.extend(t for t in chunk if t not in cached)
-    done = summary.already_cached
+    tiles = tiles_of(loaded.storm, engine.analysis_zoom, bbox)
+    summary = PrecomputeSummary(storm=storm, model_id=engine.model_id, total=len(tiles))
+    todo, summary.already_cached = (list(tiles), 0) if refresh else uncached(store, storm, tiles)
+    done = [summary.already_cached]
     if progress:
-        progress(done, len(tiles))
+        progress(done[0], len(tiles))
 
-    writes: deque[Future[None]] = deque()
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], len(tiles))
 
-    def flush(batch: list[tuple[Tile, np.ndarray]], entries: dict[Tile, Entry]) -> None:
-        if batch:
-            values = engine.infer(np.stack([c for _, c in batch]))
-            entries.update((t, Entry(v, 1)) for (t, _), v in zip(batch, values, strict=True))
-            summary.computed += len(batch)
-        # One pipelined round trip per batch, in the writer thread: the next batch's inference
-        # does not wait for it. A failed write (Redis gone) surfaces at the next flush.
-        while writes and writes[0].done():
-            writes.popleft().result()
-        writes.append(writer.submit(store.set_many, storm, entries))
-
-    with (
-        ThreadPoolExecutor(
-            max(1, workers), thread_name_prefix="precompute-read", initializer=_yield_to_inference
-        ) as pool,
-        ThreadPoolExecutor(1, thread_name_prefix="precompute-write") as writer,
-    ):
-        batch: list[tuple[Tile, np.ndarray]] = []
-        entries: dict[Tile, Entry] = {}
-        pending = 0  # tiles read since the last write
-        for tile, chip in engine.stream_chips(backend, todo, pool, ahead=2 * max(1, workers)):
-            pending += 1
-            if isinstance(chip, ImageryReadError):
-                summary.failed += 1
-                summary.failures.append(str(chip))
-            elif chip is None:
-                entries[tile] = NO_IMAGERY
-                summary.no_imagery += 1
-            else:
-                batch.append((tile, chip))  # type: ignore[arg-type]
-            if len(batch) >= batch_size or len(entries) >= batch_size:
-                flush(batch, entries)
-                done += pending
-                batch, entries, pending = [], {}, 0
-                if progress:
-                    progress(done, len(tiles))
-        flush(batch, entries)
-        for write in writes:  # every value is stored before the summary says so
-            write.result()
+    counts = fill(
+        engine.local(), loaded.backend, todo, lambda entries: store.set_many(storm, entries),
+        batch_size=batch_size, workers=workers, advance=advance,
+    )  # fmt: skip
+    summary.add(counts)
+    store.count(counts.model_calls, counts.computed)
     if progress:
         progress(len(tiles), len(tiles))
-
-    summary.aggregated = aggregate_levels(engine, storm, tiles, min_zoom)
+    lowest = storm_zoom_range(loaded.storm)[0] if min_zoom is None else min_zoom
+    summary.aggregated = aggregate_levels(store, storm, tiles, engine.analysis_zoom, lowest)
     summary.seconds = time.perf_counter() - start
-    summary.model_calls = engine.model_calls - calls_before
     return summary
 
 
 def aggregate_levels(
-    engine: MetricEngine, storm: str, tiles: Sequence[Tile], min_zoom: int | None = None
+    store: MetricStore, storm: str, tiles: Sequence[Tile], analysis_zoom: int, lowest_zoom: int
 ) -> int:
-    """Write the mean (with its count) of each parent's cached children, level by level.
+    """Write the mean (with its count) of each parent's cached children, level by level, from
+    ``analysis_zoom`` - 1 down to ``lowest_zoom``.
 
     Parents whose children have no imagery get the "no imagery" marker, so every cell of every
-    metric tile down to ``min_zoom`` is then answered from the cache.
+    metric tile down to ``lowest_zoom`` is then answered from the cache.
     """
-    assert engine.store is not None
-    store = engine.store
-    _, backend = engine.storm(storm)
-    lowest = backend.minzoom if min_zoom is None else min_zoom
     level_tiles = sorted(set(tiles))
     written = 0
-    for z in range(engine.analysis_zoom, lowest, -1):
+    for z in range(analysis_zoom, lowest_zoom, -1):
         parents = sorted({mercantile.parent(t) for t in level_tiles})
         children = [c for p in parents for c in mercantile.children(p)]
         entries: dict[Tile, Entry] = {}

@@ -142,7 +142,7 @@ def storm_dependency(engine: MetricEngine) -> Callable[..., Awaitable[Storm]]:
             Path(description="Storm name: 1-64 characters of a-z, 0-9, '_' and '-'."),
         ],
     ) -> Storm:
-        return engine.storm(storm)[0]
+        return engine.storm(storm).storm
 
     return StormPathParams
 

@@ -82,7 +82,7 @@ TMSId = Annotated[
 
 def zoom_range(engine: MetricEngine, storm: Storm) -> tuple[int, int]:
     """Zooms of the metric layers: the storm's imagery zooms, extended to the analysis zoom."""
-    backend = engine.storm(storm.name)[1]
+    backend = engine.storm(storm.name).backend
     return backend.minzoom, max(backend.maxzoom, engine.analysis_zoom)
 
 
@@ -474,7 +474,7 @@ class StormsFactory(BaseFactory):
         self.point()
 
     def info(self, request: Request, storm: Storm) -> StormInfo:
-        _, backend = self.engine.storm(storm.name)
+        backend = self.engine.storm(storm.name).backend
         fp = storm.footprints
         w, s, e, n = storm.bounds
         base = str(request.base_url).rstrip("/") + f"/storms/{storm.name}"
@@ -514,7 +514,7 @@ class StormsFactory(BaseFactory):
         def list_storms(request: Request) -> StormList:
             """Every ingested storm with its bounds, zooms and scene counts."""
             names = self.engine.catalog.names()
-            return StormList(storms=[self.info(request, self.engine.storm(n)[0]) for n in names])
+            return StormList(storms=[self.info(request, self.engine.storm(n).storm) for n in names])
 
     def storm_detail(self) -> None:
         @self.router.get(

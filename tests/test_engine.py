@@ -21,10 +21,10 @@ def held_writer(served_data, redis_url) -> tuple[MetricEngine, redis.Redis, Tile
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     engine = engine_for(served_data, client)
-    storm, _ = engine.storm(served_data.storm)
+    storm = engine.storm(served_data.storm).storm
     c = storm.coverage.representative_point()
     gate = threading.Event()
-    engine._writer.submit(gate.wait)
+    engine.flight._writer.submit(gate.wait)
     return engine, client, mercantile.tile(c.x, c.y, engine.analysis_zoom), gate
 
 
@@ -59,17 +59,20 @@ def test_close_stores_what_was_computed(served_data, redis_url):
 
 
 def test_a_tile_read_alone_is_rio_tilers_chip(served_data):
-    """read_chip's grid path gives the chip rio-tiler's mosaic read gives, tile by tile
+    """read_one's grid path gives the chip rio-tiler's mosaic read gives, tile by tile
     (scene edges and overlaps included), or None for both."""
     from iou_maps.grid import tiles_intersecting
 
     engine = engine_for(served_data, None)
-    storm, backend = engine.storm(served_data.storm)
+    loaded = engine.storm(served_data.storm)
+    storm, backend = loaded.storm, loaded.backend
     tiles = tiles_intersecting(storm.coverage, engine.analysis_zoom)
     assert len(tiles) >= 8
     partial = 0
     for t in tiles:
-        fast, ref = engine.read_chip(backend, t), engine._read_tile_chip(backend, t)
+        reader = engine.local().reader
+        fast = reader.read_one(backend, t).chip
+        ref = reader.read_with_rio_tiler(backend, t).chip
         assert (fast is None) == (ref is None), t
         if ref is not None:
             assert fast.flags.c_contiguous and fast.shape == (256, 256, 3)

@@ -52,7 +52,8 @@ def test_full_fill_then_every_tile_and_point_without_inference(served_data, redi
     assert summary.model_calls == -(-summary.computed // 5)  # full batches of 5
 
     fresh = engine_for(served_data, client, budget=10_000)
-    storm, backend = fresh.storm(served_data.storm)
+    loaded = fresh.storm(served_data.storm)
+    storm, backend = loaded.storm, loaded.backend
     seen_values = 0
     for z in range(backend.minzoom, backend.maxzoom + 1):
         for tile in tiles_intersecting(storm.coverage, z):

@@ -1,0 +1,185 @@
+"""Precompute on a Dask cluster: one task per block of analysis tiles, one model per worker.
+
+- The storm's analysis tiles that are not cached yet are grouped into blocks: the tiles under
+  one tile ``block_levels`` zooms up (8×8 by default), so a block's imagery reads stay within
+  a few scenes. One Dask task per block.
+- Each worker loads the regressor once (``EngineOnWorker``, a worker plugin: set up on every
+  worker, including those the nanny starts again after one dies) and runs precompute's own
+  pipeline (``precompute.fill``) on its blocks, reading imagery from the shared data
+  directory and writing to the shared Redis.
+- A worker that dies (SIGKILL, out of memory) costs only its block: the scheduler runs the
+  block again elsewhere. Values are whole hash fields, so a block computed twice stores the
+  same values once more.
+- This process never loads the model: it lists tiles, submits blocks, draws the progress and
+  writes the aggregated levels from the stored values once every block is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import mercantile
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
+from mercantile import Tile
+
+from iou_maps.catalog import Catalog
+from iou_maps.config import Settings
+from iou_maps.engine import MetricEngine
+from iou_maps.grid import ancestor
+from iou_maps.metric_store import MetricStore, connect
+from iou_maps.models import regressor_metadata
+from iou_maps.mosaic import storm_zoom_range
+from iou_maps.precompute import (
+    CacheUnavailable,
+    FillCounts,
+    PrecomputeSummary,
+    Progress,
+    aggregate_levels,
+    fill,
+    tiles_of,
+    uncached,
+)
+
+#: Tiles of a block: those under one tile this many zooms above the analysis zoom (4^levels).
+BLOCK_LEVELS = 3
+
+
+class EngineOnWorker(WorkerPlugin):
+    """The metric engine of ``settings`` on a Dask worker, set up as an inference process
+    (oneDNN on, one core per worker thread) before TensorFlow is imported there."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = plugin_name(settings)
+        self.engine: MetricEngine | None = None
+
+    def setup(self, worker: Any) -> None:
+        """Load the model (once per worker process)."""
+        from iou_maps import runtime
+        from iou_maps.engine import open_engine
+
+        runtime.inference_process(max(1, int(worker.state.nthreads)))
+        self.engine = open_engine(self.settings, budget=0)
+
+    def teardown(self, worker: Any) -> None:
+        """Store what was handed to the writer, close the scene files."""
+        if self.engine is not None:
+            self.engine.close()
+
+
+def plugin_name(settings: Settings) -> str:
+    """One plugin per data directory and model (several may share a cluster)."""
+    return f"iou-maps-engine:{settings.data_dir}:{settings.model}"
+
+
+def fill_block(
+    plugin: str, storm: str, tiles: list[Tile], batch_size: int, read_threads: int
+) -> FillCounts:
+    """A Dask task: compute and store the entries of ``tiles`` with the worker's engine."""
+    engine = get_worker().plugins[plugin].engine
+    store = engine.store
+    if store is None:
+        raise CacheUnavailable("the worker has no Redis to store values in")
+    counts = fill(
+        engine.local(), engine.storm(storm).backend, tiles,
+        lambda entries: store.set_many(storm, entries),
+        batch_size=batch_size, workers=read_threads,
+    )  # fmt: skip
+    store.count(counts.model_calls, counts.computed)
+    return counts
+
+
+def blocks_of(tiles: Sequence[Tile], levels: int = BLOCK_LEVELS) -> dict[Tile, list[Tile]]:
+    """Tiles grouped by their ancestor ``levels`` zooms up, in the tiles' order."""
+    blocks: dict[Tile, list[Tile]] = {}
+    for t in tiles:
+        blocks.setdefault(ancestor(t, max(0, t.z - levels)), []).append(t)
+    return blocks
+
+
+@contextmanager
+def dask_client(scheduler: str | None, processes: int | None) -> Iterator[Client]:
+    """A client of the cluster at ``scheduler``, or of a ``LocalCluster`` of ``processes``
+    single-threaded worker processes on this machine (closed afterwards)."""
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=processes or 1, threads_per_worker=1, processes=True,
+            dashboard_address=None, silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        yield client
+
+
+def precompute_on_cluster(
+    client: Client,
+    settings: Settings,
+    storm: str,
+    *,
+    bbox: Sequence[float] | None = None,
+    refresh: bool = False,
+    block_levels: int = BLOCK_LEVELS,
+    batch_size: int = 64,
+    read_threads: int = 2,
+    min_zoom: int | None = None,
+    progress: Progress | None = None,
+) -> PrecomputeSummary:
+    """``precompute`` on the cluster of ``client``: the same values in the same Redis.
+
+    The workers must see the data directory at the same path and reach the same Redis
+    (``settings.redis_url``; the embedded Redis only serves workers on this machine).
+    """
+    start = time.perf_counter()
+    meta = regressor_metadata(settings.data_dir, settings.model)
+    model_id, zoom = str(meta["model_id"]), int(meta["analysis_zoom"])
+    store = MetricStore(connect(settings.redis_url, settings.data_dir), model_id)
+    if not store.ping():
+        raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
+    st = Catalog(settings.data_dir).storm(storm)
+    tiles = tiles_of(st, zoom, bbox)
+    summary = PrecomputeSummary(storm=storm, model_id=model_id, total=len(tiles))
+    todo, summary.already_cached = (list(tiles), 0) if refresh else uncached(store, storm, tiles)
+    done = summary.already_cached
+    if progress:
+        progress(done, len(tiles))
+    if todo:
+        plugin = EngineOnWorker(settings)
+        client.register_plugin(plugin, name=plugin.name)
+        futures = {
+            client.submit(
+                fill_block, plugin.name, storm, block_tiles, batch_size, read_threads,
+                key=f"precompute-{storm}-{model_id}-{b.z}-{b.x}-{b.y}-{time.time_ns()}",
+                pure=False,
+            ): block_tiles
+            for b, block_tiles in blocks_of(todo, block_levels).items()
+        }  # fmt: skip
+        for future in as_completed(futures):
+            block_tiles = futures[future]
+            try:
+                summary.add(future.result())
+            except Exception as exc:  # the block's tiles failed, not the run
+                summary.add(FillCounts(failed=len(block_tiles), failures=[_block_failure(
+                    block_tiles, exc)]))  # fmt: skip
+            done += len(block_tiles)
+            if progress:
+                progress(done, len(tiles))
+    if progress:
+        progress(len(tiles), len(tiles))
+    lowest = storm_zoom_range(st)[0] if min_zoom is None else min_zoom
+    summary.aggregated = aggregate_levels(store, storm, tiles, zoom, lowest)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _block_failure(tiles: list[Tile], exc: BaseException) -> str:
+    first = tiles[0]
+    where = mercantile.parent(first, zoom=max(0, first.z - BLOCK_LEVELS))
+    return f"block {where.z}/{where.x}/{where.y} ({len(tiles)} tiles): {type(exc).__name__}: {exc}"

@@ -1,0 +1,235 @@
+"""Computing metric vectors of analysis tiles: read their chips, run the regressor on them.
+
+Two ways, one interface (``compute(storm_name, tiles) -> Computed``):
+
+- ``LocalComputer``: in this process (the CLI, precompute, tests, a Dask worker);
+- ``ProcessComputer``: in worker processes of this machine, each with its own model, set up
+  as inference processes (``iou_maps.runtime``) and at a lower priority. The service uses it
+  so that the API process only reads the cache, takes locks and waits: a cached tile then
+  costs what it costs on an idle server even while the model is saturated.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from mercantile import Tile
+
+from iou_maps.chips import ChipReader, ImageryReadError
+from iou_maps.metric_store import NO_IMAGERY, Entry
+from iou_maps.mosaic import OpenStorms
+
+#: How much lower than the API process the inference processes run (``os.nice``).
+INFERENCE_NICENESS = 10
+
+
+class Predictor(Protocol):
+    """What computing needs of a metric regressor."""
+
+    model_id: str
+
+    def predict(self, chips: np.ndarray) -> np.ndarray:
+        """(N, 256, 256, 3) uint8 → (N, 6) float32."""
+        ...
+
+
+@dataclass
+class Computed:
+    """Entries computed for tiles, the tiles whose imagery could not be read, and the cost."""
+
+    entries: dict[Tile, Entry] = field(default_factory=dict)
+    failed: dict[Tile, ImageryReadError] = field(default_factory=dict)
+    model_calls: int = 0
+
+    @property
+    def tiles_inferred(self) -> int:
+        """Tiles the model ran on (those with imagery)."""
+        return sum(1 for e in self.entries.values() if e.has_imagery)
+
+
+class Computer(Protocol):
+    """Computes entries of analysis tiles of a storm (no cache read or write)."""
+
+    model_id: str
+
+    def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
+        """Read and infer ``tiles``; failures are returned, not raised."""
+        ...
+
+    def close(self) -> None:
+        """Release what the computer holds (threads, processes, files)."""
+        ...
+
+
+class LocalComputer:
+    """Reads chips with ``reader`` and runs ``predictor`` on them, in this process."""
+
+    def __init__(
+        self, predictor: Predictor, storms: OpenStorms, reader: ChipReader, max_batch: int = 64
+    ) -> None:
+        self.predictor = predictor
+        self.storms = storms
+        self.reader = reader
+        self.max_batch = max_batch
+        self.model_calls = 0
+        self.tiles_computed = 0
+        self._model_lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        """The regressor's model id (part of every cache key)."""
+        return self.predictor.model_id
+
+    def infer(self, chips: np.ndarray) -> np.ndarray:
+        """One regressor call on a batch (serialised: TensorFlow already uses every core)."""
+        with self._model_lock:
+            self.model_calls += 1
+            out = np.asarray(self.predictor.predict(chips), dtype=np.float32)
+        self.tiles_computed += len(chips)
+        return out
+
+    def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
+        """Read ``tiles`` in the read threads, then infer them in batches of ``max_batch``."""
+        out = Computed()
+        todo = []
+        for read in self.reader.read(self.storms.get(storm_name).backend, tiles):
+            if read.error is not None:
+                out.failed[read.tile] = read.error
+            elif read.chip is None:
+                out.entries[read.tile] = NO_IMAGERY
+            else:
+                todo.append(read)
+        for start in range(0, len(todo), self.max_batch):
+            part = todo[start : start + self.max_batch]
+            values = self.infer(np.stack([r.chip for r in part]))
+            out.model_calls += 1
+            for read, v in zip(part, values, strict=True):
+                out.entries[read.tile] = Entry(v, 1)
+        return out
+
+    def close(self) -> None:
+        """Stop the read threads and close the open scene files."""
+        self.reader.close()
+        self.storms.close()
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_worker: LocalComputer | None = None
+_worker_args: tuple[str, str, int, int] | None = None
+
+
+def _start_worker(data_dir: str, model: str, threads: int, niceness: int) -> None:
+    """Pool initializer: the process's settings (the model loads with the first task, whose
+    error then reaches the caller with its message)."""
+    global _worker_args
+    from iou_maps import runtime
+
+    if niceness:
+        try:
+            os.nice(niceness)
+        except OSError:
+            pass
+    runtime.inference_process(threads)
+    _worker_args = (data_dir, model, threads, niceness)
+
+
+def _computer() -> LocalComputer:
+    global _worker
+    if _worker is None:
+        from iou_maps.catalog import Catalog
+        from iou_maps.models import load_regressor_model
+
+        assert _worker_args is not None, "not a ProcessComputer worker"
+        data_dir, model, _threads, _ = _worker_args
+        regressor = load_regressor_model(Path(data_dir), model)
+        _worker = LocalComputer(regressor, OpenStorms(Catalog(data_dir)), ChipReader())
+    return _worker
+
+
+def _worker_model_id() -> str:
+    return _computer().model_id
+
+
+def _worker_compute(storm_name: str, tiles: list[Tile]) -> Computed:
+    return _computer().compute(storm_name, tiles)
+
+
+class ProcessComputer:
+    """``LocalComputer``s in ``processes`` worker processes (spawned: TensorFlow is set up as
+    an inference process there, whatever this process did), at ``niceness`` below this one.
+
+    ``start()`` loads the model in the workers and returns its id; a worker that dies (out of
+    memory, killed) is replaced and its work submitted once more.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        model: str,
+        processes: int = 1,
+        threads: int | None = None,
+        niceness: int = INFERENCE_NICENESS,
+    ) -> None:
+        from iou_maps import runtime
+
+        self.args = (str(data_dir), model, threads or runtime.cores(), niceness)
+        self.processes = processes
+        self.model_id = ""
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=self.args,
+                )
+            return self._pool
+
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                self._pool = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def start(self) -> str:
+        """Load the model in every worker; its id (the model's errors are raised here)."""
+        pool = self._executor()
+        ids = {f.result() for f in [pool.submit(_worker_model_id) for _ in range(self.processes)]}
+        (self.model_id,) = ids
+        return self.model_id
+
+    def submit(self, storm_name: str, tiles: list[Tile]) -> Future[Computed]:
+        """``compute`` in a worker, as a future."""
+        return self._executor().submit(_worker_compute, storm_name, list(tiles))
+
+    def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
+        """Read and infer ``tiles`` in a worker process (waiting for it)."""
+        for attempt in (1, 2):
+            pool = self._executor()
+            try:
+                return pool.submit(_worker_compute, storm_name, list(tiles)).result()
+            except BrokenProcessPool:
+                self._restart(pool)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
