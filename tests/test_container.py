@@ -525,3 +525,34 @@ def test_tensorflow_build_argument_selects_an_extra_with_tensorflow() -> None:
     assert default == "cpu" and named == {"cpu", "gpu"} <= set(extras)
     assert '"./[${TENSORFLOW}]"' in DOCKERFILE.read_text()
     assert "'.[cpu,test]'" in (REPO / "Makefile").read_text()
+
+
+def test_cluster_profile_runs_dask_from_the_same_image() -> None:
+    # `docker compose --profile cluster up` starts a scheduler and workers from the project's
+    # image; the workers see the same data volume and Redis as the api, and precompute's
+    # --scheduler names the scheduler's service and port.
+    import distributed
+
+    doc = compose()["services"]
+    scheduler, worker = doc["dask-scheduler"], doc["dask-worker"]
+    for service in (scheduler, worker):
+        assert service["profiles"] == ["cluster"] and service["image"] == doc["api"]["image"]
+        assert service["command"][0] == "dask" and service["healthcheck"] == {"disable": True}
+    port = scheduler["command"][scheduler["command"].index("--port") + 1]
+    assert scheduler["expose"] == [port] and scheduler["command"][1] == "scheduler"
+    assert worker["command"][1:3] == ["worker", f"tcp://dask-scheduler:{port}"]
+    assert worker["command"][worker["command"].index("--nthreads") + 1] == "1"
+    assert worker["environment"] == doc["api"]["environment"]
+    assert worker["volumes"] == doc["api"]["volumes"]
+    assert f"--scheduler tcp://dask-scheduler:{port}" in COMPOSE.read_text()
+    # The `dask` command is the one distributed installs beside iou-maps in the image, and it
+    # takes every option named.
+    assert distributed.__version__
+    for service in (scheduler, worker):
+        sub = service["command"][1]
+        helptext = subprocess.run(
+            [tool("dask"), sub, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        for token in service["command"][2:]:
+            if token.startswith("--"):
+                assert token in helptext, f"dask {sub} has no {token}"
