@@ -1,7 +1,9 @@
-"""Run the service as a real uvicorn subprocess on a free loopback port (tests and benchmarks)."""
+"""Run the service as a real uvicorn subprocess on a free loopback port (tests and benchmarks),
+and fuzz it with schemathesis (tests/test_api_fuzz.py, bench/fuzz.py)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -9,8 +11,13 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
+import mercantile
+
+from iou_maps.catalog import STORM_NAME_RE
+from iou_maps.grid import MAX_ZOOM
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,3 +111,78 @@ class ServiceProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------- API fuzzing
+
+#: What the fuzzers assert of every answer: no server error, and a status, media type, body
+#: and headers the OpenAPI document declares; invalid input (negative cases) rejected.
+FUZZ_CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+    "negative_data_rejection",
+)
+
+
+def fuzz_config(seed: int | None, max_examples: int, workers: int = 1) -> Any:
+    """schemathesis settings: every phase but the stateful one (there is no state to
+    build: every operation is a GET), positive and negative cases, ``FUZZ_CHECKS``; a
+    ``seed`` makes the cases the same on every run (no example database or cache either)."""
+    import schemathesis
+
+    data: dict[str, Any] = {
+        "generation": {"mode": "all", "max-examples": max_examples, "database": "none"},
+        "phases": {"stateful": {"enabled": False}},
+        "checks": {"enabled": False, **{name: {"enabled": True} for name in FUZZ_CHECKS}},
+        "suppress-health-check": ["all"],
+        "cache": {"enabled": False},  # state kept between runs would change the cases
+        "request-timeout": 120,
+        "workers": workers,
+    }
+    if seed is not None:
+        data["seed"] = seed
+    return schemathesis.Config.from_dict(data)
+
+
+def steer_to_storm(
+    path_parameters: dict[str, Any] | None, storm: str, bounds: tuple[float, float, float, float]
+) -> None:
+    """Point a generated request at the served storm, in place.
+
+    Generated storm names, coordinates and tiles almost never hit a storm (404, 204): valid
+    ones are mapped onto ``storm``, coordinates onto the storm's bounds grown by their size on
+    every side (so ~1/9 land inside), and tiles onto the 3x3 tiles around the storm's centre
+    at the generated zoom. Invalid values are left as generated, to be rejected.
+    """
+    p = path_parameters
+    if not p:
+        return
+    if isinstance(p.get("storm"), str) and STORM_NAME_RE.fullmatch(p["storm"]):
+        p["storm"] = storm
+    w, s, e, n = bounds
+    lon, lat = p.get("lon"), p.get("lat")
+    if _number(lon, 180) and _number(lat, 90):
+        p["lon"] = w - (e - w) + (lon + 180) / 360 * 3 * (e - w)
+        p["lat"] = s - (n - s) + (lat + 90) / 180 * 3 * (n - s)
+    z, x, y = p.get("z"), p.get("x"), p.get("y")
+    if _integer(z, MAX_ZOOM) and _integer(x, 2**MAX_ZOOM) and _integer(y, 2**MAX_ZOOM):
+        centre = mercantile.tile((w + e) / 2, (s + n) / 2, z)
+        last = 2**z - 1
+        p["x"] = min(max(centre.x + x % 3 - 1, 0), last)
+        p["y"] = min(max(centre.y + y % 3 - 1, 0), last)
+
+
+def _number(value: Any, limit: float) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= limit
+    )
+
+
+def _integer(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
