@@ -22,7 +22,6 @@ from rio_tiler.models import ImageData
 from rio_tiler.mosaic.methods.base import MosaicMethodBase
 from rio_tiler.types import ColorMapType, RIOResampling
 from titiler.core.dependencies import DefaultDependency
-from titiler.core.validation import validate_rescale
 
 from iou_maps.catalog import STORM_NAME_RE, Storm
 from iou_maps.classes import METRICS
@@ -194,7 +193,7 @@ ColorMapParams = inline(colormap_params)
 
 
 def parse_rescale(ranges: list[str] | None, max_ranges: int) -> list[tuple[float, float]] | None:
-    """'min,max' strings (already checked by titiler's validate_rescale) as finite ranges."""
+    """'min,max' strings (their form checked by ``RangeItem``) as finite ranges."""
     if not ranges:
         return None
     if len(ranges) not in {1, max_ranges}:
@@ -211,9 +210,13 @@ def parse_rescale(ranges: list[str] | None, max_ranges: int) -> list[tuple[float
     return out
 
 
+_FLOAT = r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+#: One 'min,max' range of plain decimal numbers (titiler also took '[0,1]', 'nan' and 'inf';
+#: the schema states the form, so generated and hand-written requests get it right).
+RangeItem = Annotated[str, StringConstraints(pattern=f"^{_FLOAT},{_FLOAT}$")]
+
 RescaleQuery = Annotated[
-    list[str] | None,
-    BeforeValidator(validate_rescale),
+    list[RangeItem] | None,
     Query(
         title="Colour scale range",
         description="'min,max' of the values the colours span.",
@@ -264,8 +267,7 @@ class ImageryRenderingParams(DefaultDependency):
     """
 
     rescale: Annotated[
-        list[str] | None,
-        BeforeValidator(validate_rescale),
+        list[RangeItem] | None,
         Query(
             title="Contrast stretch",
             description=(

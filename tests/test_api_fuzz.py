@@ -16,8 +16,7 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 
-from iou_maps.catalog import Catalog
-from service.testing import ServiceProcess, fuzz_config, steer_to_storm
+from service.testing import ServiceProcess, fuzz_config, steer_to_storm, storm_area
 
 STORM = "alpha"
 SEED = 14
@@ -47,8 +46,8 @@ def api_schema(service) -> schemathesis.BaseSchema:
 
 
 @pytest.fixture(scope="module")
-def storm_bounds(served_data) -> tuple[float, float, float, float]:
-    return Catalog(served_data.data_dir).storm(STORM).bounds
+def area(service) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
+    return storm_area(service.url, STORM)
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +59,7 @@ def _schemathesis_node_id(request: pytest.FixtureRequest) -> None:
 
 
 @schema.parametrize()
-def test_api_fuzz_no_server_error_and_schema_conformance(case, storm_bounds, service):
-    steer_to_storm(case.path_parameters, STORM, storm_bounds)
+def test_api_fuzz_no_server_error_and_schema_conformance(case, area, service):
+    steer_to_storm(case.path_parameters, STORM, *area)
     case.call_and_validate()
     assert service.alive(), service.log_tail()
