@@ -385,8 +385,8 @@ async def ZoomRangeParams(
         int | None, Query(ge=0, le=MAX_ZOOM, description="Overwrite the highest zoom.")
     ] = None,
 ) -> None:
-    """Bounds titiler's ``minzoom``/``maxzoom`` overrides (unbounded, they made WMTS and tile
-    set limits infinite: a 500)."""
+    """Bounds titiler's ``minzoom``/``maxzoom`` overrides (unbounded, a huge one made the tile
+    set's limits infinite, a 500, and a TileJSON took a negative zoom)."""
     if minzoom is not None and maxzoom is not None and minzoom > maxzoom:
         raise bad_param("minzoom", f"{minzoom} is above maxzoom {maxzoom}")
 
@@ -413,8 +413,8 @@ async def GeographicCRSParams(
         Query(description="CRS of the bounds in the answer (default EPSG:4326)."),
     ] = None,
 ) -> None:
-    """Bounds titiler's ``crs`` to the CRSs a storm's bounds are meaningful in (any CRS
-    rasterio parses was accepted, and a geocentric one gave infinite bounds: a 500)."""
+    """Bounds titiler's ``crs`` to the CRSs a storm's bounds make sense in (any CRS rasterio
+    parses was accepted; one whose area of use misses the storm answered the whole world)."""
 
 
 async def PointCRSParams(

@@ -362,7 +362,8 @@ class MetricTilerFactory(BaseFactory):
                     },
                     "description": (
                         "PNG/WebP: colour-mapped, transparent without imagery. GeoTIFF/NPY: "
-                        "1-band float32 values, NaN without a value. Headers: X-IoU-Missing "
+                        "1-band float32 values, NaN without a value (no scene under the whole "
+                        "tile: 204 No Content instead). Headers: X-IoU-Missing "
                         "(analysis tiles left out over the budget), X-IoU-Cached, "
                         "X-IoU-Computed, X-IoU-Model, X-IoU-Cache (ok|unavailable)."
                     ),
