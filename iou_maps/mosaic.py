@@ -32,7 +32,7 @@ from rio_tiler.constants import WEB_MERCATOR_TMS, WGS84_CRS
 from rio_tiler.errors import NoAssetFoundError, TileOutsideBounds
 from rio_tiler.expression import parse_expression
 from rio_tiler.io import Reader
-from rio_tiler.models import ImageData
+from rio_tiler.models import ImageData, PointData
 from rio_tiler.mosaic.backend import BaseBackend
 from rio_tiler.mosaic.methods.defaults import FirstMethod
 from rio_tiler.types import BBox, Indexes
@@ -98,6 +98,10 @@ class OpenStorms:
     def close(self) -> None:
         """Close the open scene files."""
         self.scenes.close()
+
+
+class NoSceneAt(LookupError):
+    """No scene of a storm covers a coordinate."""
 
 
 class OpenScenes:
@@ -390,6 +394,25 @@ class StormBackend(BaseBackend):
         if coord_crs and coord_crs != WGS84_CRS:
             xmin, ymin, xmax, ymax = transform_bounds(coord_crs, WGS84_CRS, xmin, ymin, xmax, ymax)
         return self._assets(shapely.box(xmin, ymin, xmax, ymax))
+
+    def point(
+        self,
+        lon: float,
+        lat: float,
+        coord_crs: CRS = WGS84_CRS,
+        search_options: dict | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[str, PointData]]:
+        """rio-tiler's values of every scene at a coordinate; NoSceneAt where none covers it
+        (the web layer answers 404 for a point, where an empty tile is a 204)."""
+        try:
+            return super().point(
+                lon, lat, coord_crs=coord_crs, search_options=search_options, **kwargs
+            )
+        except NoAssetFoundError:
+            raise NoSceneAt(
+                f"({lon}, {lat}) is outside every scene of storm {self.input.name!r}"
+            ) from None
 
     def asset_name(self, asset: Any) -> str:
         # Scene ids, not server paths, are what responses may show.

@@ -25,8 +25,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from titiler.core.factory import ColorMapFactory, TMSFactory
-from titiler.core.routing import EndpointScope
-from titiler.mosaic.extensions.wmts import wmtsExtension
 
 from iou_maps import runtime
 from iou_maps.classes import METRICS
@@ -34,10 +32,10 @@ from iou_maps.config import Settings
 from iou_maps.engine import MetricEngine, open_engine
 from iou_maps.mosaic import SceneReader, StormBackend
 from iou_maps.render import DEFAULT_COLORMAP
+from service import openapi
 from service.dependencies import (
     SUPPORTED_TMS,
-    ColorMapParams,
-    TileCoordsParams,
+    LegendSizeParams,
     budget_dependency,
     cached_cmap,
     storm_dependency,
@@ -88,21 +86,12 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
     storm_path = storm_dependency(engine)
     budget = budget_dependency(settings.compute_budget)
 
-    tile_scopes: list[EndpointScope] = [
-        {"path": "/tiles/WebMercatorQuad/0/0/0", "method": "GET"},
-        {"path": "/tiles/WebMercatorQuad/0/0/0.png", "method": "GET"},
-    ]
     imagery = StormMosaicFactory(
         # The engine's open scenes: imagery and metric reads share one pool of handles.
         backend=functools.partial(StormBackend, scenes=engine.scenes),  # type: ignore[arg-type]
         dataset_reader=SceneReader,
         path_dependency=storm_path,
         router_prefix="/storms/{storm}/imagery",
-        supported_tms=SUPPORTED_TMS,
-        colormap_dependency=ColorMapParams,
-        extensions=[wmtsExtension(layer_identifier_provider=lambda storm: storm.name)],
-        # z/x/y out of range → 422 before any read (titiler would answer 404 or 500).
-        route_dependencies=[(tile_scopes, [Depends(TileCoordsParams)])],
     )
     metrics = MetricTilerFactory(
         engine=engine,
@@ -118,7 +107,13 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
     app.include_router(imagery.router, prefix="/storms/{storm}/imagery", tags=["Imagery"])
     app.include_router(metrics.router, prefix="/storms/{storm}/metrics", tags=["Metrics"])
     app.include_router(TMSFactory(supported_tms=SUPPORTED_TMS).router, tags=["Tiling Schemes"])
-    app.include_router(ColorMapFactory(supported_colormaps=cached_cmap).router, tags=["ColorMaps"])
+    colormaps = ColorMapFactory(
+        supported_colormaps=cached_cmap,
+        route_dependencies=[
+            ([{"path": "/colorMaps/viridis", "method": "GET"}], [Depends(LegendSizeParams)])
+        ],
+    )
+    app.include_router(colormaps.router, tags=["ColorMaps"])
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -135,6 +130,7 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
         )
 
     add_exception_handlers(app, data_dir)
+    openapi.install(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

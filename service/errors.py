@@ -1,4 +1,8 @@
-"""Exceptions → HTTP status codes, as JSON ``{"detail": ...}`` (titiler's handlers plus ours)."""
+"""Exceptions → HTTP status codes, as JSON ``{"detail": ...}`` (titiler's handlers plus ours).
+
+Nothing to show is not an error: a tile with no scene under it is a 204 No Content (as
+titiler.mosaic answers), a point outside every scene a 404.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI
+from rio_tiler.errors import EmptyMosaicError, NoAssetFoundError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from titiler.core.errors import DEFAULT_STATUS_CODES
 
 from iou_maps.catalog import InvalidStormName, StormNotFound
 from iou_maps.engine import ImageryReadError, OutsideStorm
 from iou_maps.models import ModelNotFound
-from iou_maps.mosaic import SceneReadError
+from iou_maps.mosaic import NoSceneAt, SceneReadError
 
 log = logging.getLogger(__name__)
 
 STATUS_CODES: dict[type[Exception], int] = {
     **DEFAULT_STATUS_CODES,
+    NoAssetFoundError: 204,  # no scene under the tile
+    EmptyMosaicError: 204,  # scenes there, but no data in the tile
+    NoSceneAt: 404,
     InvalidStormName: 422,
     StormNotFound: 404,
     OutsideStorm: 404,
@@ -44,8 +52,10 @@ def describe(exc: BaseException) -> str:
     return " — ".join(parts) or type(exc).__name__
 
 
-def _handler(status_code: int, data_dir: str) -> Callable[[Request, Exception], JSONResponse]:
-    def handler(request: Request, exc: Exception) -> JSONResponse:
+def _handler(status_code: int, data_dir: str) -> Callable[[Request, Exception], Response]:
+    def handler(request: Request, exc: Exception) -> Response:
+        if status_code == 204:
+            return Response(status_code=204)  # no body, by definition
         if status_code >= 500:
             log.error("%s %s → %s: %s", request.method, request.url.path, status_code, exc)
         # Messages from GDAL name files by absolute path: show them relative to the data dir.

@@ -1,7 +1,8 @@
 """Endpoint factories (attrs classes like titiler.core.factory) assembling routes from dependencies.
 
-- ``StormMosaicFactory``: titiler.mosaic's MosaicTilerFactory over StormBackend, without the
-  endpoints that would expose server file paths.
+- ``StormMosaicFactory``: titiler.mosaic's MosaicTilerFactory over StormBackend, with only the
+  parameters that mean something for RGB scenes, each bounded, and without the endpoints that
+  would expose server file paths.
 - ``MetricTilerFactory``: metric tiles (PNG/WebP colour-mapped, GeoTIFF/NPY raw), TileJSON with a
   legend and WMTS capabilities of one metric layer.
 - ``StormsFactory``: storm list/detail and the metric point lookup.
@@ -33,8 +34,10 @@ from titiler.core.dependencies import DefaultDependency
 from titiler.core.factory import BaseFactory
 from titiler.core.resources.enums import ImageType
 from titiler.core.resources.responses import XMLResponse
+from titiler.core.routing import EndpointScope
 from titiler.core.utils import render_image, tms_limits
 from titiler.mosaic.extensions.wmts import DEFAULT_TEMPLATES as WMTS_TEMPLATES
+from titiler.mosaic.extensions.wmts import wmtsExtension
 from titiler.mosaic.factory import MosaicTilerFactory
 
 from iou_maps.catalog import Storm
@@ -44,15 +47,26 @@ from iou_maps.render import DEFAULT_COLORMAP, WEB_MERCATOR, metric_image
 from service.dependencies import (
     SUPPORTED_TMS,
     ColorMapParams,
+    FirstSceneParams,
+    GeographicCRSParams,
+    ImageryDatasetParams,
+    ImageryRenderingParams,
+    Latitude,
+    Longitude,
     MetricFormat,
     MetricParams,
+    NoParams,
+    PointCRSParams,
     RenderParams,
     TileCoordsParams,
+    TileSizeParams,
+    WMTSZoomsParams,
+    ZoomRangeParams,
     cached_cmap,
+    inline,
 )
 from service.models import (
     AnalysisTile,
-    ErrorDetail,
     Health,
     LegendStop,
     Link,
@@ -67,12 +81,6 @@ WEB_MERCATOR_URI = f"<{CRS_to_uri(WEB_MERCATOR)}>"
 
 #: Response headers of a metric tile (exposed to browsers through CORS).
 METRIC_HEADERS = ("X-IoU-Missing", "X-IoU-Cached", "X-IoU-Computed", "X-IoU-Model", "X-IoU-Cache")
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorDetail, "description": "Unknown storm (or nothing there)."},
-    422: {"description": "Invalid storm name, metric, colormap or tile coordinates."},
-    500: {"model": ErrorDetail, "description": "A scene file could not be read."},
-}
 
 TMSId = Annotated[
     Literal[tuple(SUPPORTED_TMS.list())],  # type: ignore[valid-type]
@@ -206,13 +214,70 @@ def _rescale(render_params: DefaultDependency) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+def _scopes(*paths: str) -> list[EndpointScope]:
+    return [{"path": p, "method": "GET"} for p in paths]
+
+
+#: Bounds on the parameters titiler's imagery endpoints declare inline (route dependencies:
+#: FastAPI checks them first, and their declarations replace titiler's in the schema).
+IMAGERY_ROUTE_LIMITS: list[tuple[list[EndpointScope], list[Any]]] = [
+    (
+        _scopes("/tiles/WebMercatorQuad/0/0/0", "/tiles/WebMercatorQuad/0/0/0.png"),
+        # z/x/y out of range → 422 before any read (titiler would answer 404 or 500).
+        [Depends(TileCoordsParams), Depends(TileSizeParams)],
+    ),
+    (
+        _scopes("/WebMercatorQuad/tilejson.json"),
+        [Depends(TileSizeParams), Depends(ZoomRangeParams)],
+    ),
+    (_scopes("/tiles/WebMercatorQuad"), [Depends(ZoomRangeParams)]),
+    (_scopes("/tiles", "/info.geojson"), [Depends(GeographicCRSParams)]),
+    (_scopes("/point/0,0"), [Depends(PointCRSParams)]),
+    # The WMTS layer's tile parameters, checked here (titiler's extension answered 400 "no
+    # valid layers" without saying which parameter).
+    (
+        _scopes("/WMTSCapabilities.xml"),
+        [
+            Depends(WMTSZoomsParams),
+            Depends(inline(ImageryDatasetParams)),
+            Depends(inline(ImageryRenderingParams)),
+        ],
+    ),
+]
+
+
 @define(kw_only=True)
 class StormMosaicFactory(MosaicTilerFactory):
-    """titiler.mosaic's factory for a storm's imagery mosaic.
+    """titiler.mosaic's factory for a storm's imagery mosaic (8-bit RGB scenes).
 
+    Kept from titiler's parameters: ``tilesize``, ``nodata`` (a byte), ``resampling``,
+    ``rescale``, ``color_formula`` and ``return_mask``, each bounded or checked. Left out,
+    as meaningless for RGB photographs or harmful: band math (``bidx``, ``expression``),
+    colormaps (one band only), ``algorithm`` (DEM tools), ``buffer``/``padding``,
+    ``unscale``/``reproject`` (no scale/offset; stored on the Web-Mercator grid) and
+    ``pixel_selection`` (the first scene with data wins, as for the metric engine).
     ``/assets`` endpoints are left out: they would return scene file paths on the server.
     """
 
+    layer_dependency: type[DefaultDependency] = DefaultDependency
+    dataset_dependency: Any = inline(ImageryDatasetParams)
+    tile_dependency: type[DefaultDependency] = DefaultDependency
+    process_dependency: Callable[..., Any] = NoParams
+    colormap_dependency: Callable[..., Any] = NoParams
+    render_dependency: Any = inline(ImageryRenderingParams)
+    pixel_selection_dependency: Callable[..., Any] = FirstSceneParams
+    supported_tms: TileMatrixSets = SUPPORTED_TMS
+    route_dependencies: list[tuple[list[EndpointScope], list[Any]]] = field(
+        factory=lambda: list(IMAGERY_ROUTE_LIMITS)
+    )
+    extensions: list[Any] = field(
+        factory=lambda: [
+            wmtsExtension(
+                layer_identifier_provider=lambda storm: storm.name,
+                tile_dependencies=[],  # checked by IMAGERY_ROUTE_LIMITS instead
+            )
+        ]
+    )
     add_viewer: bool = False
 
     def assets(self) -> None:
@@ -256,6 +321,8 @@ class MetricTilerFactory(BaseFactory):
         """The metric tile response (runs in a worker thread)."""
         engine = self.engine
         grid: TileGrid = engine.tile_grid(storm.name, tile, budget)
+        if not grid.missing and not grid.has_imagery.any():
+            return Response(status_code=204)  # scenes there, but no imagery in the tile
         band = grid.values[:, :, METRICS.index(metric)]
         if format.raw or not isinstance(cmap, dict):
             img = metric_image(grid.values, grid.has_imagery, tile, metric)
@@ -295,12 +362,12 @@ class MetricTilerFactory(BaseFactory):
                     },
                     "description": (
                         "PNG/WebP: colour-mapped, transparent without imagery. GeoTIFF/NPY: "
-                        "1-band float32 values, NaN without a value. Headers: X-IoU-Missing "
+                        "1-band float32 values, NaN without a value (no scene under the whole "
+                        "tile: 204 No Content instead). Headers: X-IoU-Missing "
                         "(analysis tiles left out over the budget), X-IoU-Cached, "
                         "X-IoU-Computed, X-IoU-Model, X-IoU-Cache (ok|unavailable)."
                     ),
                 },
-                **ERROR_RESPONSES,
             },
         )
         async def metric_tile(
@@ -321,6 +388,8 @@ class MetricTilerFactory(BaseFactory):
                     status_code=422,
                     detail=f"zoom {tile.z} outside {minzoom}..{maxzoom} for storm {storm.name!r}",
                 )
+            if not engine.storm(storm.name)[1].assets_for_tile(tile.x, tile.y, tile.z):
+                return Response(status_code=204)  # no scene under it, as for the imagery
             # Redis, imagery reads and the model block: one hop to a worker thread for all of
             # it (a plain ``def`` endpoint cost FastAPI twice this hop's overhead).
             return await to_thread.run_sync(
@@ -343,7 +412,6 @@ class MetricTilerFactory(BaseFactory):
             response_model=MetricTileJSON,
             response_model_exclude_none=True,
             operation_id=f"{self.operation_prefix}getMetricTileJSON",
-            responses=ERROR_RESPONSES,
         )
         def metric_tilejson(
             request: Request,
@@ -400,7 +468,6 @@ class MetricTilerFactory(BaseFactory):
             operation_id=f"{self.operation_prefix}getMetricWMTS",
             responses={
                 200: {"content": {"application/xml": {}}, "description": "WMTS 1.0.0 (RESTful)."},
-                **ERROR_RESPONSES,
             },
         )
         def metric_wmts(
@@ -522,7 +589,6 @@ class StormsFactory(BaseFactory):
             summary="One storm",
             response_model=StormInfo,
             operation_id=f"{self.operation_prefix}getStorm",
-            responses=ERROR_RESPONSES,
         )
         def get_storm(
             request: Request, storm: Annotated[Storm, Depends(self.path_dependency)]
@@ -536,12 +602,11 @@ class StormsFactory(BaseFactory):
             summary="Metrics at a coordinate",
             response_model=PointMetrics,
             operation_id=f"{self.operation_prefix}getPointMetrics",
-            responses=ERROR_RESPONSES,
         )
         def point_metrics(
             storm: Annotated[Storm, Depends(self.path_dependency)],
-            lon: Annotated[float, Path(ge=-180, le=180, description="Longitude (EPSG:4326).")],
-            lat: Annotated[float, Path(ge=-85.06, le=85.06, description="Latitude (EPSG:4326).")],
+            lon: Longitude,
+            lat: Latitude,
         ) -> PointMetrics:
             """The metric vector of the analysis tile at ``lon,lat`` (computed when not cached);
             404 outside the storm's imagery."""

@@ -1,7 +1,9 @@
-"""Run the service as a real uvicorn subprocess on a free loopback port (tests and benchmarks)."""
+"""Run the service as a real uvicorn subprocess on a free loopback port (tests and benchmarks),
+and fuzz it with schemathesis (tests/test_api_fuzz.py, bench/fuzz.py)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -9,8 +11,14 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
+import mercantile
+
+from iou_maps.catalog import STORM_NAME_RE
+from iou_maps.grid import MAX_ZOOM
+from service.dependencies import MAX_LATITUDE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,3 +112,100 @@ class ServiceProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------- API fuzzing
+
+#: What the fuzzers assert of every answer: no server error, and a status, media type, body
+#: and headers the OpenAPI document declares; invalid input (negative cases) rejected.
+FUZZ_CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+    "negative_data_rejection",
+)
+
+
+def fuzz_config(seed: int | None, max_examples: int, workers: int = 1) -> Any:
+    """schemathesis settings: every phase but the stateful one (there is no state to
+    build: every operation is a GET), positive and negative cases, ``FUZZ_CHECKS``; a
+    ``seed`` makes the cases the same on every run (no example database or cache either)."""
+    import schemathesis
+
+    data: dict[str, Any] = {
+        "generation": {"mode": "all", "max-examples": max_examples, "database": "none"},
+        "phases": {"stateful": {"enabled": False}},
+        "checks": {"enabled": False, **{name: {"enabled": True} for name in FUZZ_CHECKS}},
+        "suppress-health-check": ["all"],
+        "cache": {"enabled": False},  # state kept between runs would change the cases
+        "request-timeout": 120,
+        "workers": workers,
+    }
+    if seed is not None:
+        data["seed"] = seed
+    return schemathesis.Config.from_dict(data)
+
+
+def storm_area(
+    base_url: str, storm: str
+) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
+    """A served storm's bounds and metric zoom range, as ``/storms/{storm}`` reports them."""
+    info = httpx.get(f"{base_url}/storms/{storm}", timeout=60).json()
+    return tuple(info["bounds"]), (info["minzoom"], max(info["maxzoom"], info["analysis_zoom"]))
+
+
+def steer_to_storm(
+    path_parameters: dict[str, Any] | None,
+    storm: str,
+    bounds: tuple[float, float, float, float],
+    zooms: tuple[int, int],
+) -> None:
+    """Point a generated request at the served storm, in place.
+
+    Generated storm names, coordinates and tiles almost never hit a storm (404, 204, or 422
+    for a metric zoom outside the storm's): valid ones are mapped onto ``storm``, coordinates
+    onto the storm's bounds grown by their size on every side (so ~1/9 land inside), zooms
+    into ``zooms`` (the storm's metric zoom range) and tiles onto the 3x3 tiles around the
+    storm's centre at that zoom. Invalid values are left as generated, to be rejected.
+    """
+    p = path_parameters
+    if not p:
+        return
+    if isinstance(p.get("storm"), str) and STORM_NAME_RE.fullmatch(p["storm"]):
+        p["storm"] = storm
+    w, s, e, n = bounds
+    lon, lat = _number(p.get("lon"), 180), _number(p.get("lat"), MAX_LATITUDE)
+    if lon is not None and lat is not None:
+        p["lon"] = w - (e - w) + (lon + 180) / 360 * 3 * (e - w)
+        p["lat"] = s - (n - s) + (lat + MAX_LATITUDE) / (2 * MAX_LATITUDE) * 3 * (n - s)
+    z, x, y = (_integer(p.get(k), 2**MAX_ZOOM) for k in "zxy")
+    if z is not None and z <= MAX_ZOOM and x is not None and y is not None:
+        lo, hi = zooms
+        z = p["z"] = lo + z % (hi - lo + 1)
+        centre = mercantile.tile((w + e) / 2, (s + n) / 2, z)
+        last = 2**z - 1
+        p["x"] = min(max(centre.x + x % 3 - 1, 0), last)
+        p["y"] = min(max(centre.y + y % 3 - 1, 0), last)
+
+
+def _number(value: Any, limit: float) -> float | None:
+    """``value`` (a number, or its text: some phases generate path parameters as text) if it
+    is a finite number within ±``limit``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and abs(number) <= limit else None
+
+
+def _integer(value: Any, limit: int) -> int | None:
+    """``value`` (an integer, or its decimal digits) if it is within 0..``limit``."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit:
+        return value
+    return None

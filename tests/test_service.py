@@ -13,6 +13,7 @@ import mercantile
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from PIL import Image
 
 from iou_maps.catalog import Catalog
@@ -327,6 +328,186 @@ def test_metric_zoom_outside_storm_range_422(client, center):
     assert r.status_code == 422 and "outside" in r.json()["detail"]
 
 
+# --------------------------------------------------------------------------- nothing there
+
+
+@pytest.fixture(scope="module")
+def empty_tile(storm) -> mercantile.Tile:
+    """A tile at the analysis zoom beside the storm, with no scene under it."""
+    w, s, e, n = storm.bounds
+    t = mercantile.tile(e, (s + n) / 2, 18)
+    for dx in range(1, 10):
+        candidate = mercantile.Tile(t.x + dx, t.y, 18)
+        if not storm.coverage.intersects(shapely.box(*mercantile.bounds(candidate))):
+            return candidate
+    raise AssertionError("no empty tile beside the storm")
+
+
+@pytest.fixture(scope="module")
+def empty_point(storm) -> tuple[float, float]:
+    """A coordinate inside the storm's bounds but outside every scene."""
+    w, s, e, n = storm.bounds
+    for lon in np.linspace(w, e, 21)[1:-1]:
+        for lat in np.linspace(s, n, 21)[1:-1]:
+            if not storm.coverage.intersects(shapely.Point(lon, lat)):
+                return float(lon), float(lat)
+    raise AssertionError("the scenes cover the storm's bounds")
+
+
+@pytest.mark.parametrize(
+    "kind,fmt",
+    [("imagery", "png"), ("imagery", "jpg"), ("imagery", "tif"), ("metric", "png")]
+    + [("metric", "tif"), ("metric", "npy")],
+)
+def test_tile_without_scene_is_204(client, empty_tile, kind, fmt):
+    t = empty_tile
+    r = client.get(tile_url(kind, t.z, t.x, t.y, fmt))
+    assert r.status_code == 204, r.text
+    assert r.content == b""
+    # Far away too, and at a zoom where a metric tile is drawn from aggregates.
+    far = mercantile.tile(10.0, 50.0, 14)
+    assert client.get(tile_url(kind, far.z, far.x, far.y, fmt)).status_code == 204
+
+
+@pytest.mark.parametrize("layer", ["imagery/point", "point"])
+def test_point_without_scene_is_404(client, empty_point, layer):
+    for lon, lat in (empty_point, (10.0, 50.0)):
+        r = client.get(f"/storms/{STORM}/{layer}/{lon},{lat}")
+        assert r.status_code == 404, r.text
+        detail = r.json()["detail"]
+        assert "outside every scene" in detail and STORM in detail and str(lon) in detail
+
+
+# --------------------------------------------------------------------------- bad parameters
+
+
+def assert_422_naming(r: httpx.Response, param: str) -> None:
+    """A 422 whose body names ``param`` (FastAPI's validation list, or our message)."""
+    assert r.status_code == 422, (param, r.status_code, r.text)
+    body = r.json()["detail"]
+    if isinstance(body, list):
+        assert any(param in map(str, e["loc"]) for e in body), body
+    else:
+        assert body.startswith(f"{param}: ") or param in body, body
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "256", "0.5", "abc"])
+def test_imagery_nodata_must_be_a_byte(client, center, value):
+    t = mercantile.tile(*center, 18)
+    assert_422_naming(
+        client.get(tile_url("imagery", 18, t.x, t.y, "png") + f"?nodata={value}"), "nodata"
+    )
+    r = client.get(f"/storms/{STORM}/imagery/point/{center[0]},{center[1]}?nodata={value}")
+    assert_422_naming(r, "nodata")
+
+
+def test_imagery_nodata_byte_accepted(client, center):
+    t = mercantile.tile(*center, 18)
+    url = tile_url("imagery", 18, t.x, t.y, "png")
+    default = client.get(url)
+    same = client.get(url + "?nodata=0")  # the scenes' own nodata value
+    other = client.get(url + "?nodata=255")
+    assert default.status_code == same.status_code == other.status_code == 200
+    assert same.content == default.content
+    assert Image.open(io.BytesIO(other.content)).size == (256, 256)
+
+
+@pytest.mark.parametrize(
+    "query,param",
+    [
+        ("f=png&height=-5", "height"),
+        ("f=png&width=0", "width"),
+        ("f=png&height=100000", "height"),
+        ("f=png&width=-1&height=10", "width"),
+    ],
+)
+def test_colormap_legend_sizes_422(client, query, param):
+    assert_422_naming(client.get(f"/colorMaps/viridis?{query}"), param)
+
+
+def test_colormap_legend_size(client):
+    r = client.get("/colorMaps/viridis?f=png&height=12&width=300")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (300, 12)
+
+
+@pytest.mark.parametrize(
+    "query,param",
+    [
+        ("tilesize=0", "tilesize"),
+        ("tilesize=100000", "tilesize"),
+        ("rescale=0,10&rescale=0,20", "rescale"),
+        ("rescale=10,0", "rescale"),
+        ("rescale=nan,1", "rescale"),
+        ("color_formula=gamma%20rgb%200", "color_formula"),
+        ("color_formula=gamma%20rgbx%201.5", "color_formula"),
+        ("resampling=magic", "resampling"),
+        ("return_mask=perhaps", "return_mask"),
+    ],
+)
+def test_imagery_bad_parameters_422(client, center, query, param):
+    t = mercantile.tile(*center, 18)
+    assert_422_naming(client.get(tile_url("imagery", 18, t.x, t.y, "png") + f"?{query}"), param)
+
+
+def test_imagery_display_parameters(client, center):
+    t = mercantile.tile(*center, 18)
+    url = tile_url("imagery", 18, t.x, t.y, "png")
+    r = client.get(url + "?tilesize=512&rescale=0,128&color_formula=gamma%20rgb%201.5")
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (512, 512)
+    # Parameters left out (band math, colormaps on RGB, DEM algorithms) are not in the schema.
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/storms/{storm}/imagery/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}"]
+    names = {prm["name"] for prm in op["get"]["parameters"]}
+    assert not names & {"expression", "bidx", "colormap", "colormap_name", "algorithm"}
+    assert not names & {"buffer", "padding", "unscale", "reproject", "pixel_selection"}
+
+
+@pytest.mark.parametrize(
+    "path,query,param",
+    [
+        ("imagery/WMTSCapabilities.xml", "zooms=WebMercatorQuad::2,44732", "zooms"),
+        ("imagery/WMTSCapabilities.xml", "rescale=5,1", "rescale"),
+        ("imagery/WMTSCapabilities.xml", "nodata=nan", "nodata"),
+        ("imagery/WebMercatorQuad/tilejson.json", "minzoom=-7343", "minzoom"),
+        ("imagery/WebMercatorQuad/tilejson.json", "minzoom=12&maxzoom=3", "minzoom"),
+        ("imagery/tiles/WebMercatorQuad", "maxzoom=19217401941", "maxzoom"),
+        ("imagery/tiles", "crs=EPSG:4978", "crs"),
+        ("imagery/info.geojson", "crs=EPSG:4978", "crs"),
+        ("imagery/point/-75.47,35.58", "coord_crs=EPSG:3857", "coord_crs"),
+        ("imagery/point/-200,35.58", "", "lon"),
+        ("point/-75.47,95", "", "lat"),
+        ("metrics/miou/WebMercatorQuad/tilejson.json", "colormap=%7B%22a%22:1%7D", "colormap"),
+        ("metrics/miou/WebMercatorQuad/tilejson.json", "colormap=[1,2]", "colormap"),
+        (
+            "metrics/miou/WebMercatorQuad/tilejson.json",
+            "colormap=%7B%220%22:[300,0,0]%7D",
+            "colormap",
+        ),
+        ("metrics/miou/WebMercatorQuad/tilejson.json", "colormap=not-json", "colormap"),
+        ("metrics/miou/WebMercatorQuad/tilejson.json", "budget=-1", "budget"),
+        ("metrics/miou/WebMercatorQuad/tilejson.json", "rescale=-inf,inf", "rescale"),
+    ],
+)
+def test_bad_parameters_422(client, path, query, param):
+    assert_422_naming(client.get(f"/storms/{STORM}/{path}?{query}"), param)
+
+
+def test_custom_colormap_json(client, center):
+    t = mercantile.tile(*center, 18)
+    url = tile_url("metric", 18, t.x, t.y, "png")
+    red = json.dumps({str(i): "#ff0000" for i in range(256)})
+    r = client.get(url, params={"colormap": red})
+    assert r.status_code == 200, r.text
+    assert tuple(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[128, 128]) == (
+        255, 0, 0, 255,
+    )  # fmt: skip
+    intervals = json.dumps([[[0, 0.5], [0, 0, 255, 255]], [[0.5, 1.01], [0, 255, 0, 255]]])
+    r = client.get(url, params={"colormap": intervals})
+    assert r.status_code == 200, r.text
+
+
 # --------------------------------------------------------------------------- single flight
 
 
@@ -375,6 +556,38 @@ def test_openapi_documents_every_endpoint(client):
     for p in ours:
         assert paths[p]["get"].get("summary"), p
     assert not any("/assets" in p for p in paths)  # would expose server file paths
+
+
+def test_openapi_states_the_rules(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+
+    def param(path: str, name: str) -> dict:
+        (p,) = [p for p in paths[path]["get"]["parameters"] if p["name"] == name]
+        return p["schema"]
+
+    for path in paths:
+        if "{storm}" in path:
+            assert param(path, "storm")["pattern"] == "^[a-z0-9][a-z0-9_-]{0,63}$", path
+    for path in (
+        "/storms/{storm}/imagery/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}",
+        "/storms/{storm}/metrics/{metric}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}",
+    ):
+        assert (param(path, "z")["minimum"], param(path, "z")["maximum"]) == (0, 24)
+        assert (param(path, "x")["minimum"], param(path, "x")["maximum"]) == (0, 2**24 - 1)
+        assert (param(path, "y")["minimum"], param(path, "y")["maximum"]) == (0, 2**24 - 1)
+        assert "204" in paths[path]["get"]["responses"]
+    for path in ("/storms/{storm}/point/{lon},{lat}", "/storms/{storm}/imagery/point/{lon},{lat}"):
+        assert (param(path, "lon")["minimum"], param(path, "lon")["maximum"]) == (-180, 180)
+        assert param(path, "lat")["maximum"] == pytest.approx(85.06)
+    # Errors are documented as JSON on every operation, also where success is an image or XML.
+    for path, ops in paths.items():
+        responses = ops["get"]["responses"]
+        if ops["get"].get("parameters"):
+            assert "application/json" in responses["422"]["content"], path
+        if "{storm}" in path:
+            assert "application/json" in responses["404"]["content"], path
+    assert "prefixItems" not in json.dumps(spec)  # tuples as items + min/maxItems
 
 
 def test_viewer_page_and_vendored_leaflet(client):
