@@ -388,7 +388,7 @@ class MetricTilerFactory(BaseFactory):
                     status_code=422,
                     detail=f"zoom {tile.z} outside {minzoom}..{maxzoom} for storm {storm.name!r}",
                 )
-            if not engine.storm(storm.name)[1].assets_for_tile(tile.x, tile.y, tile.z):
+            if not engine.storm(storm.name).backend.assets_for_tile(tile.x, tile.y, tile.z):
                 return Response(status_code=204)  # no scene under it, as for the imagery
             # Redis, imagery reads and the model block: one hop to a worker thread for all of
             # it (a plain ``def`` endpoint cost FastAPI twice this hop's overhead).
