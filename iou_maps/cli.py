@@ -472,6 +472,15 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port (default: $IOU_MAPS_PORT or 8000).")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes (uvicorn workers) sharing the port; each runs the model in "
+            "$IOU_MAPS_INFERENCE_PROCESSES worker processes of its own, and all compute each "
+            "tile once between them (Redis locks).",
+        ),
+    ] = 1,
     data_dir: DataDir = None,
 ) -> None:
     """Run the tile service (imagery + metric tiles, point lookup, viewer at /)."""
@@ -487,7 +496,9 @@ def serve(
     # the factory reads the same settings from the environment.
     os.environ["IOU_MAPS_DATA_DIR"] = str(s.data_dir)
     out.print(f"IoU Maps viewer: http://{s.host}:{s.port}/")
-    uvicorn.run("service.app:app_from_env", factory=True, host=s.host, port=s.port)
+    uvicorn.run(
+        "service.app:app_from_env", factory=True, host=s.host, port=s.port, workers=workers
+    )
 
 
 def _precompute_here(

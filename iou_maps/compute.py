@@ -160,7 +160,11 @@ def _worker_model_id() -> str:
 
 
 def _worker_compute(storm_name: str, tiles: list[Tile]) -> Computed:
-    return _computer().compute(storm_name, tiles)
+    computed = _computer().compute(storm_name, tiles)
+    # The errors travel back by their messages (which name tile, storm and scene): GDAL's
+    # exceptions in their causes do not survive pickling.
+    computed.failed = {t: ImageryReadError(str(e)) for t, e in computed.failed.items()}
+    return computed
 
 
 class ProcessComputer:

@@ -33,6 +33,7 @@ from iou_maps.engine import MetricEngine, open_engine
 from iou_maps.mosaic import SceneReader, StormBackend
 from iou_maps.render import DEFAULT_COLORMAP
 from service import openapi
+from service.admission import ComputeQueue
 from service.dependencies import (
     SUPPORTED_TMS,
     LegendSizeParams,
@@ -57,8 +58,12 @@ templates = Jinja2Templates(
 
 def create_engine(settings: Settings) -> MetricEngine:
     """The metric engine of the configured model, catalog and Redis (the model decides the
-    analysis zoom: it was trained on chips of that zoom)."""
-    return open_engine(settings.model_copy(update={"data_dir": settings.data_dir.resolve()}))
+    analysis zoom: it was trained on chips of that zoom). The model runs in
+    ``settings.inference_processes`` worker processes (0: in this one)."""
+    return open_engine(
+        settings.model_copy(update={"data_dir": settings.data_dir.resolve()}),
+        processes=settings.inference_processes,
+    )
 
 
 def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAPI:
@@ -85,6 +90,8 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
 
     storm_path = storm_dependency(engine)
     budget = budget_dependency(settings.compute_budget)
+    # One compute queue for every route that may run the model (see service/admission.py).
+    queue = ComputeQueue(settings.compute_queue)
 
     imagery = StormMosaicFactory(
         # The engine's open scenes: imagery and metric reads share one pool of handles.
@@ -97,10 +104,11 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
         engine=engine,
         path_dependency=storm_path,
         budget_dependency=budget,
+        queue=queue,
         router_prefix="/storms/{storm}/metrics",
     )
-    storms = StormsFactory(engine=engine, path_dependency=storm_path)
-    health = HealthFactory(engine=engine)
+    storms = StormsFactory(engine=engine, path_dependency=storm_path, queue=queue)
+    health = HealthFactory(engine=engine, queue=queue)
 
     app.include_router(health.router, tags=["Service"])
     app.include_router(storms.router, tags=["Storms"])

@@ -28,7 +28,7 @@ from rio_tiler.models import ImageData
 from rio_tiler.types import ColorMapType
 from rio_tiler.utils import CRS_to_uri, linear_rescale
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.templating import Jinja2Templates
 from titiler.core.dependencies import DefaultDependency
 from titiler.core.factory import BaseFactory
@@ -44,6 +44,7 @@ from iou_maps.catalog import Storm
 from iou_maps.classes import METRICS
 from iou_maps.engine import MetricEngine, TileGrid
 from iou_maps.render import DEFAULT_COLORMAP, WEB_MERCATOR, metric_image
+from service.admission import Busy, ComputeQueue
 from service.dependencies import (
     SUPPORTED_TMS,
     ColorMapParams,
@@ -296,6 +297,8 @@ class MetricTilerFactory(BaseFactory):
     tile_dependency: Callable[..., Tile | Awaitable[Tile]] = TileCoordsParams
     colormap_dependency: Callable[..., Awaitable[ColorMapType | None]] = ColorMapParams
     render_dependency: Callable[..., Awaitable[DefaultDependency]] = RenderParams
+    #: On-demand computation's admission (shared with the point lookup).
+    queue: ComputeQueue = field(factory=lambda: ComputeQueue(256))
     supported_tms: TileMatrixSets = SUPPORTED_TMS
     default_colormap: str = DEFAULT_COLORMAP
     wmts_templates: Jinja2Templates = field(default=WMTS_TEMPLATES)
@@ -308,21 +311,19 @@ class MetricTilerFactory(BaseFactory):
     def _colormap(self, colormap: ColorMapType | None) -> ColorMapType:
         return colormap if colormap is not None else cached_cmap.get(self.default_colormap)
 
-    def _draw_tile(
+    def _render(
         self,
-        storm: Storm,
+        grid: TileGrid,
         metric: str,
-        tile: Tile,
-        budget: int,
         format: MetricFormat,
         cmap: ColorMapType,
         rescale: tuple[float, float],
+        retry_after: int | None = None,
     ) -> Response:
-        """The metric tile response (runs in a worker thread)."""
-        engine = self.engine
-        grid: TileGrid = engine.tile_grid(storm.name, tile, budget)
+        """The metric tile response of ``grid``."""
         if not grid.missing and not grid.has_imagery.any():
             return Response(status_code=204)  # scenes there, but no imagery in the tile
+        tile = grid.tile
         band = grid.values[:, :, METRICS.index(metric)]
         if format.raw or not isinstance(cmap, dict):
             img = metric_image(grid.values, grid.has_imagery, tile, metric)
@@ -334,7 +335,7 @@ class MetricTilerFactory(BaseFactory):
             "X-IoU-Missing": str(grid.missing),
             "X-IoU-Cached": str(grid.cached),
             "X-IoU-Computed": str(grid.computed),
-            "X-IoU-Model": engine.model_id,
+            "X-IoU-Model": self.engine.model_id,
             "X-IoU-Cache": "ok" if grid.cache_ok else "unavailable",
             "Content-Bbox": ",".join(map(str, mercantile.xy_bounds(tile))),
             "Content-Crs": WEB_MERCATOR_URI,
@@ -342,7 +343,27 @@ class MetricTilerFactory(BaseFactory):
         if grid.missing:
             # Incomplete: a later request may draw it whole, so do not let clients keep it.
             headers["Cache-Control"] = "no-store"
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)  # the model is busy: come back then
         return Response(content, media_type=media_type, headers=headers)
+
+    def _draw_tile(
+        self,
+        storm: Storm,
+        metric: str,
+        tile: Tile,
+        budget: int,
+        format: MetricFormat,
+        cmap: ColorMapType,
+        rescale: tuple[float, float],
+        compute: bool,
+    ) -> Response | TileGrid:
+        """The response of a metric tile (in a worker thread); without ``compute``, from the
+        cache alone, or the grid if some of it must be computed first."""
+        grid: TileGrid = self.engine.tile_grid(storm.name, tile, budget if compute else 0)
+        if not compute and grid.missing and budget > 0:
+            return grid
+        return self._render(grid, metric, format, cmap, rescale)
 
     def tile(self) -> None:
         engine = self.engine
@@ -390,18 +411,23 @@ class MetricTilerFactory(BaseFactory):
                 )
             if not engine.storm(storm.name).backend.assets_for_tile(tile.x, tile.y, tile.z):
                 return Response(status_code=204)  # no scene under it, as for the imagery
-            # Redis, imagery reads and the model block: one hop to a worker thread for all of
-            # it (a plain ``def`` endpoint cost FastAPI twice this hop's overhead).
-            return await to_thread.run_sync(
-                self._draw_tile,
-                storm,
-                metric,
-                tile,
-                budget,
-                format,
-                self._colormap(colormap),
-                _rescale(render_params),
-            )
+            # What the cache holds first: one hop to a worker thread (a plain ``def`` endpoint
+            # cost FastAPI twice this hop's overhead), no model.
+            args = (storm, metric, tile, budget, format, self._colormap(colormap))
+            rescale = _rescale(render_params)
+            got = await to_thread.run_sync(self._draw_tile, *args, rescale, False)
+            if isinstance(got, Response):
+                return got
+            # Then the model, through the compute queue: its waits never hold the threads
+            # that cached reads use; over the queue's limit, what is cached now.
+            try:
+                return await self.queue.run(
+                    min(got.missing, budget), self._draw_tile, *args, rescale, True
+                )
+            except Busy as busy:
+                return await to_thread.run_sync(
+                    self._render, got, metric, format, args[-1], rescale, busy.retry_after
+                )
 
     def tilejson(self) -> None:
         engine = self.engine
@@ -534,6 +560,8 @@ class StormsFactory(BaseFactory):
 
     engine: MetricEngine
     path_dependency: Callable[..., Storm | Awaitable[Storm]]
+    #: On-demand computation's admission (shared with the metric tiles).
+    queue: ComputeQueue = field(factory=lambda: ComputeQueue(256))
 
     def register_routes(self) -> None:
         self.list_storms()
@@ -603,15 +631,29 @@ class StormsFactory(BaseFactory):
             response_model=PointMetrics,
             operation_id=f"{self.operation_prefix}getPointMetrics",
         )
-        def point_metrics(
+        async def point_metrics(
             storm: Annotated[Storm, Depends(self.path_dependency)],
             lon: Longitude,
             lat: Latitude,
-        ) -> PointMetrics:
+        ) -> Response | PointMetrics:
             """The metric vector of the analysis tile at ``lon,lat`` (computed when not cached);
-            404 outside the storm's imagery."""
-            tile, entry, from_cache = self.engine.point(storm.name, lon, lat)
-            assert entry.values is not None  # engine.point raises OutsideStorm otherwise
+            404 outside the storm's imagery, 503 with Retry-After while the model is busy."""
+            engine = self.engine
+            tile, entry, from_cache = await to_thread.run_sync(
+                engine.point, storm.name, lon, lat, 0
+            )
+            if entry is None:  # not cached: computed through the compute queue
+                try:
+                    tile, entry, from_cache = await self.queue.run(
+                        1, engine.point, storm.name, lon, lat, 1
+                    )
+                except Busy as busy:
+                    return JSONResponse(
+                        {"detail": str(busy)},
+                        status_code=503,
+                        headers={"Retry-After": str(busy.retry_after)},
+                    )
+            assert entry is not None and entry.values is not None  # else OutsideStorm
             metrics = {
                 m: (None if math.isnan(float(v)) else float(v))
                 for m, v in zip(METRICS, entry.values, strict=True)
@@ -634,6 +676,7 @@ class HealthFactory(BaseFactory):
     """``/healthz``: always 200; ``degraded`` while Redis is unreachable."""
 
     engine: MetricEngine
+    queue: ComputeQueue = field(factory=lambda: ComputeQueue(256))
 
     def register_routes(self) -> None:
         @self.router.get(
@@ -643,13 +686,18 @@ class HealthFactory(BaseFactory):
             operation_id=f"{self.operation_prefix}getHealth",
         )
         def healthz() -> Health:
-            """Redis reachability, the model id and the model-call counters."""
-            store = self.engine.store
-            redis_ok = store is not None and store.ping()
+            """Redis reachability, the model id and the model-call counters (this process's,
+            and every process's from Redis)."""
+            cache = self.engine.cache
+            redis_ok = cache is not None and cache.ping()
+            totals = cache.counters() if cache is not None and redis_ok else None
             return Health(
                 status="ok" if redis_ok else "degraded",
                 redis=redis_ok,
                 model_id=self.engine.model_id,
                 model_calls=self.engine.model_calls,
                 tiles_computed=self.engine.tiles_computed,
+                model_calls_all=totals["model_calls"] if totals else None,
+                tiles_computed_all=totals["tiles_computed"] if totals else None,
+                compute_queued=self.queue.queued,
             )

@@ -64,8 +64,22 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"] = Field(description="degraded: Redis is unreachable.")
     redis: bool = Field(description="Redis answered a PING.")
     model_id: str
-    model_calls: int = Field(description="Regressor calls since the process started.")
-    tiles_computed: int = Field(description="Analysis tiles computed since the process started.")
+    model_calls: int = Field(description="Regressor calls of this process since it started.")
+    tiles_computed: int = Field(
+        description="Analysis tiles this process computed since it started."
+    )
+    model_calls_all: int | None = Field(
+        default=None,
+        description="Regressor calls of every process (API workers, replicas, precompute, Dask "
+        "workers) for this model, counted in Redis; null while Redis is unreachable.",
+    )
+    tiles_computed_all: int | None = Field(
+        default=None,
+        description="Analysis tiles computed by every process for this model (from Redis).",
+    )
+    compute_queued: int = Field(
+        default=0, description="Analysis tiles waiting for the model in this process now."
+    )
 
 
 class LegendStop(BaseModel):

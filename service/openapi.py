@@ -2,7 +2,8 @@
 
 - Errors: every operation documents each status it can answer besides success, always as JSON
   (``{"detail": ...}``) whatever its success media type (images, XML): 422 where it takes
-  parameters, 404 where it names a storm or a coordinate, 204 and 500 where it reads scenes.
+  parameters, 404 where it names a storm or a coordinate, 204 and 500 where it reads scenes,
+  503 (with Retry-After) where a metric point waits for the model.
   titiler's routes say none of this themselves.
 - Tuples: pydantic writes fixed-length arrays with OpenAPI 3.1's ``prefixItems``, which
   OpenAPI 3.0 tools ignore and schemathesis (4.32) rejects in a response schema. They are
@@ -50,6 +51,16 @@ def error_responses(path_params: set[str], has_params: bool) -> dict[str, dict[s
         )
     if reads_tile or reads_point:
         out["500"] = _json("A scene file could not be read (the message names the scene).", error)
+    if reads_point and "storm" in path_params:
+        out["503"] = {
+            **_json("The model is busy (the compute queue is full): retry later.", error),
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds until the queue has likely drained.",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            },
+        }
     return out
 
 

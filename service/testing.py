@@ -39,8 +39,10 @@ class ServiceProcess:
         model: str = "tiny",
         log_path: Path | None = None,
         startup_timeout: float = 120.0,
+        workers: int = 1,
         **settings: str,
     ) -> None:
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -64,6 +66,8 @@ class ServiceProcess:
             sys.executable, "-m", "uvicorn", "service.app:app_from_env", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
         ]  # fmt: skip
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
@@ -86,6 +90,21 @@ class ServiceProcess:
         if self.log_path and self.log_path.exists():
             return self.log_path.read_text(errors="replace")[-n:]
         return ""
+
+    def inference_pids(self) -> list[int]:
+        """PIDs of the processes in which this service runs the model (its multiprocessing
+        workers), e.g. to pause them with SIGSTOP."""
+        import psutil
+
+        if self.proc is None:
+            return []
+        def spawned(p: psutil.Process) -> bool:
+            return "spawn_main" in " ".join(p.cmdline())
+
+        # uvicorn's own worker processes (--workers) are spawned too: the model's processes
+        # are the spawned ones that spawned none themselves.
+        kids = [k for k in psutil.Process(self.proc.pid).children(recursive=True) if spawned(k)]
+        return [k.pid for k in kids if not any(spawned(c) for c in k.children())]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

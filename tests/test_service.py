@@ -65,7 +65,13 @@ def health(client: httpx.Client) -> dict:
 def test_healthz(client):
     body = health(client)
     assert body["status"] == "ok" and body["redis"] is True
-    assert set(body) == {"status", "redis", "model_id", "model_calls", "tiles_computed"}
+    assert set(body) == {
+        "status", "redis", "model_id", "model_calls", "tiles_computed", "model_calls_all",
+        "tiles_computed_all", "compute_queued",
+    }  # fmt: skip
+    # Every process's counts (from Redis) include this one's.
+    assert body["model_calls_all"] >= body["model_calls"] >= 0
+    assert body["tiles_computed_all"] >= body["tiles_computed"] >= 0
 
 
 def test_storm_list_and_detail(client, storm):
