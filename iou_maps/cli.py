@@ -496,9 +496,7 @@ def serve(
     # the factory reads the same settings from the environment.
     os.environ["IOU_MAPS_DATA_DIR"] = str(s.data_dir)
     out.print(f"IoU Maps viewer: http://{s.host}:{s.port}/")
-    uvicorn.run(
-        "service.app:app_from_env", factory=True, host=s.host, port=s.port, workers=workers
-    )
+    uvicorn.run("service.app:app_from_env", factory=True, host=s.host, port=s.port, workers=workers)
 
 
 def _precompute_here(

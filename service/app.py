@@ -144,7 +144,7 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
         allow_origins=settings.cors_origins,
         allow_methods=["GET"],
         allow_headers=["*"],
-        expose_headers=list(METRIC_HEADERS),
+        expose_headers=[*METRIC_HEADERS, "Retry-After"],
     )
     return app
 

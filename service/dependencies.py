@@ -6,7 +6,6 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
@@ -34,19 +33,6 @@ WEB_MERCATOR_QUAD: TileMatrixSet = morecantile_tms.get("WebMercatorQuad")
 SUPPORTED_TMS = TileMatrixSets({"WebMercatorQuad": WEB_MERCATOR_QUAD})
 
 MetricName = Literal[METRICS]  # type: ignore[valid-type]
-
-
-class MetricFormat(StrEnum):
-    """Metric tile encodings: colour-mapped images, or the raw float32 values."""
-
-    png = "png"
-    webp = "webp"
-    tif = "tif"
-    npy = "npy"
-
-    @property
-    def raw(self) -> bool:
-        return self in (MetricFormat.tif, MetricFormat.npy)
 
 
 class CachedColorMaps(ColorMaps):

@@ -98,6 +98,7 @@ class ServiceProcess:
 
         if self.proc is None:
             return []
+
         def spawned(p: psutil.Process) -> bool:
             return "spawn_main" in " ".join(p.cmdline())
 
