@@ -38,7 +38,7 @@ from titiler.mosaic.factory import MosaicTilerFactory
 
 from iou_maps.catalog import Storm
 from iou_maps.classes import METRICS, Source
-from iou_maps.engine import MetricEngine, TileGrid, difference
+from iou_maps.engine import GRID_LEVELS, MetricEngine, TileGrid, difference
 from iou_maps.render import (
     WEB_MERCATOR,
     MetricFormat,
@@ -517,6 +517,7 @@ class StormsFactory(BaseFactory):
             minzoom=backend.minzoom,
             maxzoom=backend.maxzoom,
             analysis_zoom=self.engine.analysis_zoom,
+            on_demand_minzoom=max(0, self.engine.analysis_zoom - GRID_LEVELS),
             scenes=len(fp),
             labelled_scenes=int(fp["label_path"].notna().sum()),
             metrics=list(METRICS),

@@ -27,6 +27,10 @@ class StormInfo(BaseModel):
     minzoom: int = Field(description="Lowest zoom served for this storm.")
     maxzoom: int = Field(description="Zoom whose pixels first get finer than the imagery.")
     analysis_zoom: int = Field(description="Zoom of the analysis tiles the metrics are for.")
+    on_demand_minzoom: int = Field(
+        description="Lowest zoom whose metric tiles compute missing values on request; farther "
+        "out they are drawn from what precompute aggregated."
+    )
     scenes: int = Field(description="Number of scenes.")
     labelled_scenes: int = Field(description="Scenes that have a label raster.")
     metrics: list[str] = Field(default=list(METRICS), description="Metric layers.")
