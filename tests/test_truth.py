@@ -288,3 +288,24 @@ def test_segmentation_id_follows_the_files(served_data, tmp_path) -> None:
     config = next(copy.glob("*.json"))
     config.write_text(config.read_text() + " ")
     assert segmentation_id(copy) != segmentation_id(seg_dir)
+
+
+def test_precompute_cli_source_true(with_bare, redis_url) -> None:
+    env = cli_env(with_bare, redis_url)
+    cmd = [sys.executable, "-m", "iou_maps.cli", "precompute"]
+    res = subprocess.run(
+        [*cmd, with_bare.storm, "--source", "true", "--json"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    body = json.loads(res.stdout)
+    assert body["source"] == "true" and body["failed"] == 0
+    assert body["computed"] > body["error_predictions"] > 0 and body["error_aggregated"] > 0
+    res = subprocess.run(
+        [*cmd, BARE, "--source", "true"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 2 and f"storm '{BARE}' has no label rasters" in res.stderr
+    res = subprocess.run(
+        [*cmd, BARE, "--source", "error"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 2 and "--source" in res.stderr
