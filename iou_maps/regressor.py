@@ -409,6 +409,11 @@ def resolve_classes(
 
     and mIoU is the mean over the classes that have an IoU, as for true metrics (the heads'
     own mIoU weighs a missed class by its presence instead of 0 or 1). Dice is the heads'.
+
+    The price of numbers that agree with each other, measured with the demo's regressor: mIoU
+    MAE 0.031 for both rules on the storm its segmentation model was trained on, 0.060 against
+    the heads' own 0.052 on the other storm (hatteras-val); 98.6-99% of the classes called
+    absent are absent from the label too.
     """
     out = np.array(metrics, dtype=np.float32, copy=True)
     nclasses = NMETRICS - 2
