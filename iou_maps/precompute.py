@@ -23,7 +23,6 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import mercantile
 import numpy as np
 import shapely
 from mercantile import Tile
@@ -32,7 +31,7 @@ from iou_maps.catalog import Storm
 from iou_maps.chips import ChipRead
 from iou_maps.classes import Source
 from iou_maps.engine import MetricEngine, abs_errors
-from iou_maps.grid import aggregate, tiles_intersecting
+from iou_maps.grid import tiles_intersecting
 from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
 from iou_maps.mosaic import StormBackend, storm_zoom_range
 
@@ -317,36 +316,53 @@ def aggregate_levels(
     lowest_zoom: int,
     leaves: Callable[[list[Tile]], dict[Tile, Entry]] | None = None,
 ) -> int:
-    """Write the mean (with its count) of each parent's cached children, level by level, from
-    ``analysis_zoom`` - 1 down to ``lowest_zoom``; ``leaves`` reads the analysis tiles' values
-    (default: from ``store``; the error layer's: |predicted − true| from their stores).
+    """Write, for every ancestor of ``tiles`` from ``analysis_zoom`` - 1 down to
+    ``lowest_zoom``, the mean of the analysis tiles' values under it with the number of those
+    that have values; ``leaves`` reads the analysis tiles' values (default: from ``store``; the
+    error layer's: |predicted − true| from their stores).
 
-    Parents whose children have no imagery get the "no imagery" marker, so every cell of every
-    metric tile down to ``lowest_zoom`` is then answered from the cache.
+    Each metric is averaged over the tiles where it is defined (a class absent from a tile
+    does not pull its IoU towards 0), and over the analysis tiles themselves at every level:
+    means of means would weigh a class by the tiles that have any value, not by those that
+    have it. Parents whose children have no imagery get the "no imagery" marker, so every cell
+    of every metric tile down to ``lowest_zoom`` is then answered from the cache.
     """
-    level_tiles = sorted(set(tiles))
+    tiles = sorted(set(tiles))
+    read = leaves if leaves is not None else (lambda part: store.get_many(storm, part))
+    entries: dict[Tile, Entry] = {}
+    for i in range(0, len(tiles), LOOKUP_CHUNK):
+        entries.update(read(tiles[i : i + LOOKUP_CHUNK]))
+    known = [t for t in tiles if t in entries and entries[t].has_imagery]
+    values = np.array([entries[t].values for t in known], np.float64).reshape(len(known), -1)
+    defined = ~np.isnan(values)
+    summed = np.where(defined, values, 0.0)
+    every = np.array([(t.x, t.y) for t in tiles], np.int64).reshape(-1, 2)
+    with_values = np.array([(t.x, t.y) for t in known], np.int64).reshape(-1, 2)
     written = 0
-    for z in range(analysis_zoom, lowest_zoom, -1):
-        parents = sorted({mercantile.parent(t) for t in level_tiles})
-        children = [c for p in parents for c in mercantile.children(p)]
-        read = leaves if leaves is not None and z == analysis_zoom else None
-        entries: dict[Tile, Entry] = {}
-        for i in range(0, len(children), LOOKUP_CHUNK):
-            part = children[i : i + LOOKUP_CHUNK]
-            entries.update(read(part) if read else store.get_many(storm, part))
-        with_values = [c for c in children if c in entries and entries[c].has_imagery]
-        agg = aggregate(
-            with_values,
-            np.array([entries[c].values for c in with_values]).reshape(len(with_values), -1),
-            np.array([entries[c].count for c in with_values]),
+    for z in range(analysis_zoom - 1, lowest_zoom - 1, -1):
+        shift = analysis_zoom - z
+        parents = np.unique(every >> shift, axis=0)
+        # Which parent each analysis tile with values falls in (parents are sorted rows).
+        at = np.searchsorted(
+            parents[:, 0] * (1 << z) + parents[:, 1],
+            (with_values[:, 0] >> shift) * (1 << z) + (with_values[:, 1] >> shift),
         )
+        sums = np.zeros((len(parents), values.shape[1]))
+        counts = np.zeros((len(parents), values.shape[1]))
+        tiles_with_values = np.zeros(len(parents), np.int64)
+        np.add.at(sums, at, summed)
+        np.add.at(counts, at, defined)
+        np.add.at(tiles_with_values, at, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (sums / counts).astype(np.float32)
         out: dict[Tile, Entry] = {
-            p: Entry(agg[p][0], agg[p][1]) if p in agg else NO_IMAGERY for p in parents
+            Tile(int(px), int(py), z): (
+                Entry(means[i], int(tiles_with_values[i])) if tiles_with_values[i] else NO_IMAGERY
+            )
+            for i, (px, py) in enumerate(parents)
         }
-        for i in range(0, len(parents), LOOKUP_CHUNK):
-            part = parents[i : i + LOOKUP_CHUNK]
-            store.set_many(storm, {p: out[p] for p in part})
+        keys = list(out)
+        for i in range(0, len(keys), LOOKUP_CHUNK):
+            store.set_many(storm, {p: out[p] for p in keys[i : i + LOOKUP_CHUNK]})
         written += len(parents)
-        level_tiles = parents
-        assert all(p.z == z - 1 for p in parents)
     return written
