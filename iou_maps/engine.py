@@ -10,6 +10,11 @@ The one path by which the service, the point lookup and precompute get numbers:
 5. when Redis is unavailable the values are still computed and returned, uncached.
 
 Far-out zooms read the aggregated levels that precompute writes.
+
+Each source has its ``Channel`` (computer, cache, single flight): ``predicted`` values (the
+regressor) and ``true`` values (the segmentation model against the labels, ``iou_maps.truth``);
+``error`` values are predicted − true, computed from the two, and their far-out aggregates
+(mean absolute errors) are read from their own key space.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from iou_maps.classes import NMETRICS, Source
 from iou_maps.compute import Computer, LocalComputer, Predictor, ProcessComputer
 from iou_maps.config import Settings
 from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
-from iou_maps.metric_store import NO_IMAGERY, Entry, GuardedStore, MetricStore
+from iou_maps.metric_store import (
+    NO_IMAGERY,
+    PREDICTED_NAMESPACE,
+    Entry,
+    GuardedStore,
+    MetricStore,
+)
 from iou_maps.models import ModelNotFound
 from iou_maps.mosaic import LoadedStorm, OpenScenes, OpenStorms
 from iou_maps.single_flight import LOCK_WAIT, SingleFlight
@@ -158,7 +169,7 @@ class MetricEngine:
         self.computer: Computer = computer
         self.analysis_zoom = analysis_zoom
         self.budget = budget
-        self.predicted = Channel.open(computer, client, "iou", lock_wait)
+        self.predicted = Channel.open(computer, client, PREDICTED_NAMESPACE, lock_wait)
         self.store = self.predicted.store
         self.cache = self.predicted.cache
         self.flight = self.predicted.flight
