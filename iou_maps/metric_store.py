@@ -87,6 +87,14 @@ def unpack(raw: bytes) -> Entry:
     return Entry(values, count)
 
 
+def stored(values: np.ndarray) -> np.ndarray:
+    """``values`` as the cache keeps them (at its resolution): a freshly computed tile is then
+    the same picture, and the same bytes, as when it is read back from the cache."""
+    entry = unpack(pack(values))
+    assert entry.values is not None
+    return entry.values
+
+
 #: Key space of the predicted metrics (the others: iou_maps.truth).
 PREDICTED_NAMESPACE = "iou"
 

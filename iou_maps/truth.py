@@ -31,7 +31,7 @@ from mercantile import Tile
 from iou_maps.chips import ChipRead, read_error
 from iou_maps.compute import Computed
 from iou_maps.evaluation import MIN_LABELLED_FRACTION, read_chip, true_metrics
-from iou_maps.metric_store import NO_IMAGERY, Entry
+from iou_maps.metric_store import NO_IMAGERY, Entry, stored
 from iou_maps.mosaic import OpenStorms, StormBackend
 
 #: Key space of the true metrics (keyed by the segmentation model's id).
@@ -186,7 +186,8 @@ class TruthComputer:
             values = self.infer_reads(part)
             out.model_calls += 1
             for read, v in zip(part, values, strict=True):
-                out.entries[read.tile] = Entry(v, 1)
+                # Served as stored: the tile's bytes do not change once it is cached.
+                out.entries[read.tile] = Entry(stored(v), 1)
         return out
 
     def close(self) -> None:

@@ -238,9 +238,13 @@ def test_inference_copy_computes_what_the_model_does(kind, chips, tmp_path) -> N
         outputs = reg.outputs(chips)
         np.testing.assert_array_equal(reg.predict(chips), outputs.resolved())
         assert (outputs.presence is None) == (kind == "encoder")
-    names = {layer.name for layer in reg.inference.get_layer(f"{NETWORK[kind]}_branches")
-             .network.layers}  # fmt: skip
-    assert not names & set(folded)  # the folded batch norms are gone from the copy
+    name = NETWORK[kind]
+    for network in (
+        reg.inference.whole.get_layer(name),
+        reg.inference.by_network.get_layer(f"{name}_branches").network,
+    ):
+        names = {layer.name for layer in network.layers}
+        assert not names & set(folded)  # the folded batch norms are gone from the copies
     assert reg.model.get_layer(NETWORK[kind]).get_layer(next(iter(folded))) is not None
 
 
