@@ -393,6 +393,16 @@ class ArchiveMetadata:
         w, s, e, n = self.bounds
         return (w + e) / 2, (s + n) / 2, self.minzoom
 
+    def tile_bounds(self, zoom: int) -> tuple[float, float, float, float]:
+        """``bounds`` grown to the edges of ``zoom``'s tiles. GDAL takes an MBTiles' bounds
+        as its raster's extent: on that grid it reads the tiles' pixels as they are, at that
+        zoom and at each zoom out (its overviews), instead of resampling them by a fraction
+        of a pixel."""
+        w, s, e, n = self.bounds
+        west = mercantile.bounds(mercantile.tile(w, n, zoom))
+        east = mercantile.bounds(mercantile.tile(e, s, zoom))
+        return west.west, east.south, east.east, west.north
+
     def as_json(self) -> dict[str, Any]:
         """PMTiles' metadata JSON."""
         return {
@@ -416,7 +426,7 @@ class ArchiveMetadata:
             for k, v in self.as_json().items()
             if k not in ("bounds", "center")
         }
-        out["bounds"] = ",".join(f"{v:.7f}" for v in self.bounds)
+        out["bounds"] = ",".join(repr(v) for v in self.tile_bounds(self.maxzoom))
         out["center"] = "{:.7f},{:.7f},{}".format(*self.center)
         return out
 

@@ -244,11 +244,12 @@ def scene_item(storm: Storm, row: Any) -> pystac.Item:
 def export_item(storm: Storm, group: str, files: list[ExportFile]) -> pystac.Item:
     """The Item of one exported map, with each file (PMTiles, MBTiles, COG) as an asset."""
     first = files[0].metadata
+    named = next((f.metadata for f in files if f.metadata.get("name")), first)
     dates = _scene_datetimes(storm)
     created = first.get("created")
     properties: dict[str, Any] = {
-        "title": first.get("name") or group,
-        "description": first.get("description"),
+        "title": named.get("name") or group,
+        "description": named.get("description"),
         f"{NS}:layer": files[0].layer,
     }
     if files[0].layer == "metric":
@@ -275,9 +276,21 @@ def export_item(storm: Storm, group: str, files: list[ExportFile]) -> pystac.Ite
         collection=storm.name,
     )
     for export in files:
-        key = export.format if export.format not in item.assets else export.path.stem
-        item.add_asset(key, _export_asset(item, export))
+        item.add_asset(_asset_key(export, item.assets), _export_asset(item, export))
     return item
+
+
+def _asset_key(export: ExportFile, taken: dict[str, pystac.Asset]) -> str:
+    """``cog`` (``cog-256px`` for 256 px per analysis tile), ``pmtiles``, ``mbtiles``
+    (``pmtiles-webp`` beside a PNG one); the file's name if that is taken too."""
+    if export.format == "cog":
+        ppt = export.metadata.get("pixels_per_tile", 1)
+        key = "cog" if ppt == 1 else f"cog-{ppt}px"
+    else:
+        key = export.format
+        if key in taken:
+            key = f"{key}-{export.metadata.get('format')}"
+    return key if key not in taken else export.path.stem
 
 
 def _export_asset(item: pystac.Item, export: ExportFile) -> pystac.Asset:
