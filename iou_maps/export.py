@@ -12,6 +12,7 @@ imports TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -470,27 +471,43 @@ class PMTilesArchive:
 
 
 class MBTilesArchive:
-    """An MBTiles 1.3 archive: the specification is an SQLite schema, written with sqlite3
-    (rows in the TMS scheme: the tile row counts from the south)."""
+    """An MBTiles 1.3 archive: the specification is an SQLite schema, written with sqlite3.
+
+    Identical tiles are stored once, in the deduplicated layout that mbutil writes and GDAL
+    and QGIS read (``map`` + ``images`` tables behind a ``tiles`` view): the flat tiles past
+    the analysis zoom repeat a lot. Rows are in the TMS scheme (row 0 is the south).
+    """
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(path)
         self.db.executescript(
             "CREATE TABLE metadata (name text, value text);"
-            "CREATE TABLE tiles (zoom_level integer, tile_column integer, tile_row integer,"
-            " tile_data blob);"
+            "CREATE TABLE map (zoom_level integer, tile_column integer, tile_row integer,"
+            " tile_id text);"
+            "CREATE TABLE images (tile_data blob, tile_id text);"
+            "CREATE VIEW tiles AS SELECT map.zoom_level AS zoom_level,"
+            " map.tile_column AS tile_column, map.tile_row AS tile_row,"
+            " images.tile_data AS tile_data FROM map JOIN images"
+            " ON images.tile_id = map.tile_id;"
         )
+        self.stored: set[str] = set()
         self.count = 0
 
     def write(self, tile: Tile, data: bytes) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self.stored:
+            self.db.execute("INSERT INTO images VALUES (?, ?)", (data, digest))
+            self.stored.add(digest)
         row = (1 << tile.z) - 1 - tile.y
-        self.db.execute("INSERT INTO tiles VALUES (?, ?, ?, ?)", (tile.z, tile.x, row, data))
+        self.db.execute("INSERT INTO map VALUES (?, ?, ?, ?)", (tile.z, tile.x, row, digest))
         self.count += 1
 
     def finish(self, metadata: ArchiveMetadata) -> None:
         self.db.executemany("INSERT INTO metadata VALUES (?, ?)", metadata.as_mbtiles().items())
-        self.db.execute(
-            "CREATE UNIQUE INDEX tile_index ON tiles (zoom_level, tile_column, tile_row)"
+        self.db.executescript(
+            "CREATE UNIQUE INDEX map_index ON map (zoom_level, tile_column, tile_row);"
+            "CREATE UNIQUE INDEX images_id ON images (tile_id);"
+            "CREATE UNIQUE INDEX name ON metadata (name);"
         )
         self.db.commit()
         self.db.close()
