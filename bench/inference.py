@@ -13,6 +13,11 @@ matrix product on every core: the machine's practical limit for this work.
 Figures are medians over the rounds; the spread is printed too. Last line
 ``batch1_tiles_s=… batch32_tiles_s=… baseline_batch32_tiles_s=… speedup_batch32=…
 matmul_gflops=… limit_fraction=…``.
+
+``--keras-model DIR`` times a saved regressor (``model.keras``) on the Keras backend of the
+environment instead (``KERAS_BACKEND=jax``: a GPU machine without TensorFlow's CUDA build),
+with the matmul rate measured by that backend on its device; nothing there needs TensorFlow.
+``--save-model DIR`` writes the demo-size regressor that mode loads.
 """
 
 from __future__ import annotations
@@ -102,6 +107,73 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def keras_backend_rates(model_dir: Path, batches: list[int], seconds: float) -> None:
+    """Rates of a saved regressor on the environment's Keras backend (JAX on a GPU)."""
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    import iou_maps.model_layers  # noqa: F401  (registers the regressor's layers)
+
+    backend = keras.backend.backend()
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    flops = conv_flops_per_chip(model)
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        device = str(jax.devices()[0])
+        run = jax.jit(lambda x: model(x, training=False))
+
+        def predict(x: object) -> None:
+            run(x).block_until_ready()
+
+        def matmul(n: int = 8192) -> float:
+            a = jnp.ones((n, n), jnp.float32)
+            mm = jax.jit(lambda m: jnp.matmul(m, m, precision="highest"))
+            mm(a).block_until_ready()
+            k, start = 0, time.perf_counter()
+            while time.perf_counter() - start < 2.0:
+                mm(a).block_until_ready()
+                k += 1
+            return 2.0 * n**3 * k / (time.perf_counter() - start) / 1e9
+
+        to_device = jnp.asarray
+    else:
+        device = backend
+
+        def predict(x: object) -> None:
+            keras.ops.convert_to_numpy(model(x, training=False))
+
+        def matmul(n: int = 2048) -> float:
+            return matmul_gflops()
+
+        to_device = np.asarray
+    chips = np.random.default_rng(0).integers(0, 255, (max(batches), 256, 256, 3), np.uint8)
+    x = to_device(chips.astype(np.float32))
+    rates = {b: rate(predict, x, b, seconds) for b in batches}
+    mm = matmul()
+    for b in batches:
+        print(f"batch {b}: {rates[b]:.1f} tiles/s ({flops * rates[b] / 1e9:.0f} GFLOP/s)")
+    best = max(batches, key=lambda b: rates[b])
+    print(f"Keras backend {backend} on {device}; float32 matmul {mm:.0f} GFLOP/s; "
+          f"convolutions {flops / 1e9:.2f} GFLOP per chip; best batch {best}")  # fmt: skip
+    figures = {f"batch{b}_tiles_s": rates[b] for b in batches}
+    figures["matmul_gflops"] = mm
+    figures["limit_fraction"] = flops * rates[best] / 1e9 / mm
+    print(" ".join(f"{k}={v:.3f}" if "fraction" in k else f"{k}={v:.1f}"
+                   for k, v in figures.items()))  # fmt: skip
+
+
+def save_model(directory: Path) -> None:
+    """The demo-size regressor (fresh weights) saved where ``--keras-model`` reads it."""
+    sys.path.insert(0, str(HERE))
+    from _common import save_demo_size_regressor
+
+    save_demo_size_regressor(directory)
+    print(f"saved {directory}")
+
+
 def matmul_gflops(seconds: float = 2.0, n: int = 2048) -> float:
     """float32 n×n matrix products per second on every core (numpy's BLAS), in GFLOP/s."""
     import numpy as np
@@ -160,6 +232,9 @@ def main() -> None:
     p.add_argument("--batches", default="1,32", help="batch sizes, comma-separated")
     p.add_argument("--baseline-rev", default=BASELINE_REV, help="commit of the baseline code")
     p.add_argument("--no-baseline", action="store_true", help="time the current code only")
+    p.add_argument("--keras-model", type=Path, help="time this saved regressor on the "
+                   "environment's Keras backend (e.g. KERAS_BACKEND=jax on a GPU)")  # fmt: skip
+    p.add_argument("--save-model", type=Path, help="write the demo-size regressor here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--code", default=str(ROOT), help=argparse.SUPPRESS)
@@ -169,6 +244,12 @@ def main() -> None:
         a.batches.append(32)
     if a.worker:
         worker(a)
+        return
+    if a.save_model:
+        save_model(a.save_model)
+        return
+    if a.keras_model:
+        keras_backend_rates(a.keras_model, a.batches, a.seconds)
         return
 
     with tempfile.TemporaryDirectory() as tmp:

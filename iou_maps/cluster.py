@@ -76,6 +76,19 @@ def plugin_name(settings: Settings) -> str:
     return f"iou-maps-engine:{settings.data_dir}:{settings.model}"
 
 
+def prepare_workers(client: Client, settings: Settings) -> str:
+    """Load the model on every worker (and on those that join later), unless already done;
+    the plugin's name, by which tasks find the engine."""
+    plugin = EngineOnWorker(settings)
+
+    def registered(dask_scheduler: Any, name: str = plugin.name) -> bool:
+        return name in dask_scheduler.worker_plugins
+
+    if not client.run_on_scheduler(registered):
+        client.register_plugin(plugin, name=plugin.name)
+    return plugin.name
+
+
 def fill_block(
     plugin: str, storm: str, tiles: list[Tile], batch_size: int, read_threads: int
 ) -> FillCounts:
@@ -151,11 +164,10 @@ def precompute_on_cluster(
     if progress:
         progress(done, len(tiles))
     if todo:
-        plugin = EngineOnWorker(settings)
-        client.register_plugin(plugin, name=plugin.name)
+        plugin = prepare_workers(client, settings)
         futures = {
             client.submit(
-                fill_block, plugin.name, storm, block_tiles, batch_size, read_threads,
+                fill_block, plugin, storm, block_tiles, batch_size, read_threads,
                 key=f"precompute-{storm}-{model_id}-{b.z}-{b.x}-{b.y}-{time.time_ns()}",
                 pure=False,
             ): block_tiles

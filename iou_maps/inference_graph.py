@@ -6,9 +6,10 @@ copy, which computes the same outputs (up to float rounding) with less work:
 - every ``BatchNormalization`` that reads a convolution's output alone (through inference-time
   no-ops such as ``Dropout``) is folded into that convolution's kernel and bias: one pass less
   over the activation maps for 19 of the 28 batch norms of a resunet;
-- the frozen network (the segmentation UNet, or its encoder) runs on ``branches`` slices of
-  its batch as independent subgraphs, which TensorFlow's inter-op pool runs at once, one core
-  each (see ``iou_maps.runtime``).
+- the work runs on ``branches`` slices of its batch as independent subgraphs, which
+  TensorFlow's inter-op pool runs at once, one core each (see ``iou_maps.runtime``): slices
+  of chips through the whole model, or, for a single chip, slices of its flipped images
+  through the network.
 """
 
 from __future__ import annotations
@@ -111,14 +112,42 @@ class Branches(keras.layers.Layer):
         return self.network.compute_output_shape(input_shape)
 
 
-def inference_model(model: keras.Model, network: str, branches: int = 1) -> keras.Model:
-    """``model`` with its nested ``network`` (a frozen functional model) folded and branched."""
-    inner = fold_batch_norms(model.get_layer(network))
-    wrapped = Branches(inner, branches, name=f"{network}_branches")
+def _with_network(model: keras.Model, network: str, replacement: keras.layers.Layer) -> keras.Model:
+    """``model`` with its nested ``network`` layer replaced (other layers shared)."""
 
     def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
         if layer.name == network:
-            return wrapped(args[0])
+            return replacement(args[0])
         return layer(*args, **kwargs)
 
     return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+
+
+class InferenceModel:
+    """``model`` for inference: its frozen ``network`` with batch norms folded, on
+    ``branches`` parallel branches.
+
+    A batch of at least ``branches`` chips is split by chips: each branch runs the whole
+    model (preprocessing, flips, network, softmax statistics, heads) on its share, so nothing
+    runs on one core alone. A smaller batch (a single tile) is split inside the network: the
+    four flipped images of a chip go two and two, and what follows the network runs once.
+    """
+
+    def __init__(self, model: keras.Model, network: str, branches: int = 1) -> None:
+        self.branches = max(1, int(branches))
+        folded = fold_batch_norms(model.get_layer(network))
+        self.whole = _with_network(model, network, folded)
+        self.by_chips = Branches(self.whole, self.branches, name="chip_branches")
+        self.by_network = _with_network(
+            model, network, Branches(folded, self.branches, name=f"{network}_branches")
+        )
+
+    def __call__(self, chips: tf.Tensor) -> tf.Tensor:
+        """(N, 256, 256, 3) float32 chips → (N, 6) metric vectors."""
+        if self.branches == 1:
+            return self.whole(chips, training=False)
+        return tf.cond(
+            tf.shape(chips)[0] >= self.branches,
+            lambda: self.by_chips(chips),
+            lambda: self.by_network(chips, training=False),
+        )

@@ -36,8 +36,15 @@ import numpy as np
 from iou_maps import runtime
 from iou_maps.backend import keras, tf
 from iou_maps.classes import CLASSES, METRICS, NMETRICS
-from iou_maps.inference_graph import inference_model
-from iou_maps.segmentation import SegmentationModel, bottleneck_layer_name, model_input
+from iou_maps.inference_graph import InferenceModel
+from iou_maps.model_layers import (
+    ChipPreprocessing,
+    FlipAugmented,
+    ImageryMask,
+    MeanOverCountedClasses,
+    SoftmaxStatistics,
+)
+from iou_maps.segmentation import SegmentationModel, bottleneck_layer_name
 
 CHIP_SIZE = 256
 MODEL_FILE = "model.keras"
@@ -62,17 +69,7 @@ class RegressorError(ValueError):
     """A regressor that cannot be used (missing files, mismatched classes, tampered files)."""
 
 
-# --------------------------------------------------------------------------- preprocessing
-
-
-def preprocess(chips: tf.Tensor, input_size: Sequence[int]) -> tf.Tensor:
-    """(N, H, W, 3) chips (0-255) → float32 (N, h, w, 3) segmentation input, inside the graph.
-
-    Exactly what ``SegmentationModel.predict`` feeds the model (antialiased bilinear resize to
-    TARGET_SIZE through uint8, then segmentation_gym's per-image standardisation), so that the
-    statistics are those of the segmentation that evaluation scored.
-    """
-    return model_input(chips, tuple(input_size))
+# --------------------------------------------------------------------------- model
 
 
 def masked_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
@@ -83,141 +80,6 @@ def masked_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(w * tf.square(y - y_pred), axis=-1) / tf.maximum(
         tf.reduce_sum(w, axis=-1), 1.0
     )
-
-
-# --------------------------------------------------------------------------- model
-
-
-#: Below these softmax scores a predicted pixel counts as unsure (one share per class each).
-UNSURE_BELOW = (0.5, 0.7, 0.9)
-#: Above this a predicted pixel counts as sure.
-SURE_ABOVE = 0.9
-#: Shares are also given as log(share + LOG_FLOOR): a class on 20 pixels of 65536 decides mIoU
-#: as much as one on half the tile (it enters the mean), and only a log scale shows it.
-LOG_FLOOR = 1e-3
-
-
-@keras.saving.register_keras_serializable(package="iou_maps")
-class ChipPreprocessing(keras.layers.Layer):
-    """Chip (0-255 floats, 256×256) → the segmentation model's input (see ``preprocess``)."""
-
-    def __init__(self, input_size: Sequence[int], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.input_size = tuple(int(v) for v in input_size)
-
-    def call(self, chips: tf.Tensor) -> tf.Tensor:
-        return preprocess(chips, self.input_size)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "input_size": list(self.input_size)}
-
-
-@keras.saving.register_keras_serializable(package="iou_maps")
-class ImageryMask(keras.layers.Layer):
-    """1.0 where the chip has imagery (some band > 0; chips are zero outside it), else 0.0."""
-
-    def call(self, chips: tf.Tensor) -> tf.Tensor:
-        return tf.cast(tf.reduce_max(chips, axis=-1, keepdims=True) > 0, tf.float32)
-
-
-@keras.saving.register_keras_serializable(package="iou_maps")
-class FlipAugmented(keras.layers.Layer):
-    """segmentation_gym's TESTTIMEAUG as a batch: (N, ...) → (4N, ...) of the image and its
-    flips (rows, columns, both), or back (``inverse``): unflip and average the four."""
-
-    def __init__(self, inverse: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.inverse = inverse
-
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        if not self.inverse:
-            return tf.concat([x, tf.reverse(x, [1]), tf.reverse(x, [2]), tf.reverse(x, [1, 2])], 0)
-        p = tf.split(x, 4, axis=0)
-        return (p[0] + tf.reverse(p[1], [1]) + tf.reverse(p[2], [2]) + tf.reverse(p[3], [1, 2])) / 4
-
-    def compute_output_shape(self, input_shape: Any) -> tuple:
-        n = input_shape[0]
-        if n is not None:
-            n = n // 4 if self.inverse else 4 * n
-        return (n, *input_shape[1:])
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "inverse": self.inverse}
-
-
-@keras.saving.register_keras_serializable(package="iou_maps")
-class SoftmaxStatistics(keras.layers.Layer):
-    """What a tile's segmentation looks like, as the metrics would see it: per-tile statistics
-    of the softmax over the pixels with imagery, at the chip's resolution.
-
-    Inputs: softmax (N, h, w, C) at the model's size, imagery mask (N, H, W, 1) of the chip.
-    The softmax is resized to (H, W) and argmax-ed, as ``SegmentationModel.predict`` does.
-    Per class: predicted share, soft (summed-probability) share, soft intersection share,
-    unsure shares below each of ``UNSURE_BELOW``, soft IoU, mean score where predicted, highest
-    score, sure share; per tile: mean entropy, mean top score, soft mIoU over the classes that
-    are predicted or likely. Every value also on a log scale (see ``LOG_FLOOR``).
-    """
-
-    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
-        probs, valid = inputs
-        size = tf.shape(valid)[1:3]
-        p = tf.image.resize(probs, size, method="bilinear")
-        nclasses = int(probs.shape[-1])
-        n_valid = tf.reduce_sum(valid, axis=[1, 2]) + 1e-6  # (N, 1)
-
-        def share(x: tf.Tensor) -> tf.Tensor:  # (N, H, W, C) → (N, C) share of valid pixels
-            return tf.reduce_sum(x * valid, axis=[1, 2]) / n_valid
-
-        top = tf.reduce_max(p, axis=-1, keepdims=True)
-        predicted = tf.one_hot(tf.argmax(p, axis=-1), nclasses)
-        pred = share(predicted)
-        soft = share(p)
-        inter = share(predicted * p)
-        unsure = [share(predicted * tf.cast(top < t, tf.float32)) for t in UNSURE_BELOW]
-        union = soft + pred - inter
-        soft_iou = tf.where(union > 0, inter / tf.maximum(union, 1e-6), 1.0)
-        mean_where_predicted = tf.where(pred > 0, inter / tf.maximum(pred, 1e-6), 0.0)
-        highest = tf.reduce_max(p * valid, axis=[1, 2])
-        sure = share(predicted * tf.cast(p > SURE_ABOVE, tf.float32))
-        entropy = -tf.reduce_sum(p * tf.math.log(tf.clip_by_value(p, 1e-6, 1.0)), -1, True)
-        likely = tf.cast((pred > 0.001) | (soft > 0.01), tf.float32)
-        soft_miou = tf.math.divide_no_nan(
-            tf.reduce_sum(soft_iou * likely, -1, True), tf.reduce_sum(likely, -1, True)
-        )
-        stats = tf.concat(
-            [pred, soft, inter, *unsure, soft_iou, share(entropy), share(top), soft_miou,
-             mean_where_predicted, highest, sure],
-            axis=-1,
-        )  # fmt: skip
-        return tf.concat([stats, tf.math.log(stats + LOG_FLOOR)], axis=-1)
-
-    def compute_output_shape(self, input_shape: Any) -> tuple:
-        nclasses = int(input_shape[0][-1])
-        return (input_shape[0][0], 2 * (nclasses * (len(UNSURE_BELOW) + 7) + 3))
-
-
-@keras.saving.register_keras_serializable(package="iou_maps")
-class MeanOverCountedClasses(keras.layers.Layer):
-    """A head's metric vector from its per-class outputs, by the metrics' own rule for mIoU.
-
-    Inputs: per-class IoU (N, C), presence (N, C) — the chance that a class the segmentation
-    does not predict is in the label all the same —, Dice (N, 1) and the softmax statistics
-    (their first C columns: predicted shares). A class enters the mean where it is predicted
-    (certainly) or present (with its probability, and IoU 0: nothing of it is predicted).
-    """
-
-    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
-        iou, presence, dice, stats = inputs
-        nclasses = int(iou.shape[-1])
-        predicted = tf.cast(stats[:, :nclasses] > 0, iou.dtype)
-        counted = predicted + (1.0 - predicted) * presence
-        miou = tf.reduce_sum(iou * predicted, -1, keepdims=True) / tf.maximum(
-            tf.reduce_sum(counted, -1, keepdims=True), 1e-3
-        )
-        return tf.concat([iou, miou, dice], axis=-1)
-
-    def compute_output_shape(self, input_shape: Any) -> tuple:
-        return (input_shape[0][0], int(input_shape[0][-1]) + 2)
 
 
 def encoder_outputs(seg: SegmentationModel) -> list:
@@ -389,7 +251,7 @@ class Regressor:
     def __post_init__(self) -> None:
         if self.branches is None:
             self.branches = runtime.inference_branches()
-        self.inference = inference_model(self.model, NETWORK[kind_of(self.model)], self.branches)
+        self.inference = InferenceModel(self.model, NETWORK[kind_of(self.model)], self.branches)
         model = self.inference
 
         # One trace for every batch size: the batch dimension is None in the signature.
@@ -398,7 +260,7 @@ class Regressor:
             reduce_retracing=True,
         )
         def _predict(chips: tf.Tensor) -> tf.Tensor:
-            return model(tf.cast(chips, tf.float32), training=False)
+            return model(tf.cast(chips, tf.float32))
 
         self._predict = _predict
 

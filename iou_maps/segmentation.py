@@ -22,6 +22,7 @@ import numpy as np
 
 from iou_maps.backend import keras, tf
 from iou_maps.classes import NCLASSES, NODATA_LABEL
+from iou_maps.model_layers import model_input, resize_images, standardize_batch
 
 layers, ops = keras.layers, keras.ops
 
@@ -458,30 +459,6 @@ def standardize(images: np.ndarray) -> np.ndarray:
     return ((x64 - m) / s).astype(np.float32)
 
 
-def _tf_standardize(x: tf.Tensor) -> tf.Tensor:
-    """standardize() for a batch inside TF graphs (same formula)."""
-    x = tf.cast(x, tf.float32)
-    n = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], tf.float32)
-    m = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    s = tf.maximum(tf.math.reduce_std(x, axis=[1, 2, 3], keepdims=True), 1.0 / tf.sqrt(n))
-    return (x - m) / s
-
-
-def _resize_images(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Bilinear (antialiased when shrinking, like skimage's resize) back to uint8, as gym does."""
-    if tuple(images.shape[1:3]) == tuple(size):
-        return tf.cast(images, tf.uint8)
-    out = tf.image.resize(tf.cast(images, tf.float32), size, "bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
-
-
-def model_input(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """N,H,W,3 images (0-255) → the model's float32 input: resize to ``size``, standardise.
-
-    The one preprocessing of every prediction (also the metric regressor's, in its graph)."""
-    return _tf_standardize(_resize_images(images, size))
-
-
 def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if tuple(labels.shape[1:3]) == tuple(size):
         return np.asarray(labels, dtype=np.uint8)
@@ -806,7 +783,7 @@ def _dataset(
         return img, tf.one_hot(tf.cast(lab, tf.int32), nclasses)
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-    ds = ds.map(lambda img, lab: (_tf_standardize(img), lab))
+    ds = ds.map(lambda img, lab: (standardize_batch(img), lab))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -832,7 +809,7 @@ def train_segmentation(
     loss = segmentation_loss(cfg.loss)
     keras.utils.set_random_seed(seed)
 
-    x = _resize_images(images, cfg.target_size).numpy()
+    x = ops.convert_to_numpy(resize_images(images, cfg.target_size))
     y = _resize_labels(labels, cfg.target_size)
     order = np.random.default_rng(seed).permutation(len(x))
     n_val = int(round(len(x) * val_fraction)) if len(x) > 1 else 0

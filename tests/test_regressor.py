@@ -233,9 +233,13 @@ def test_inference_copy_computes_what_the_model_does(kind, chips, tmp_path) -> N
         np.testing.assert_allclose(reg.predict(chips), direct, atol=1e-5)
         # A batch smaller than the branches (one chip: one image without flips) too.
         np.testing.assert_allclose(reg.predict(chips[:1]), direct[:1], atol=1e-5)
-    names = {layer.name for layer in reg.inference.get_layer(f"{NETWORK[kind]}_branches")
-             .network.layers}  # fmt: skip
-    assert not names & set(folded)  # the folded batch norms are gone from the copy
+    name = NETWORK[kind]
+    for network in (
+        reg.inference.whole.get_layer(name),
+        reg.inference.by_network.get_layer(f"{name}_branches").network,
+    ):
+        names = {layer.name for layer in network.layers}
+        assert not names & set(folded)  # the folded batch norms are gone from the copies
     assert reg.model.get_layer(NETWORK[kind]).get_layer(next(iter(folded))) is not None
 
 
