@@ -671,9 +671,6 @@ def stac_cmd(
             help="Export files to catalogue (default: the storm's exports in --out).",
         ),
     ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Model name (default: $IOU_MAPS_MODEL).")
-    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Write a STAC Collection of a storm: an Item per scene (footprint, datetime, COG) and an
@@ -681,8 +678,6 @@ def stac_cmd(
     from iou_maps.stac import StacError, write_storm_collection
 
     s = settings(data_dir)
-    if model:
-        s.model = model
     st = _storm_or_exit(Catalog(s.data_dir), storm)
     try:
         result = write_storm_collection(st, out_dir, exports=exports)
