@@ -8,11 +8,14 @@ run) and measures, for the analysis tiles of the storm:
 zoom (Redis flushed before each round), and in-process, (d) the raw cost of the same work
 without the service: the imagery read of each tile plus one regressor call, by the engine's
 own read and the service's model. Rounds of (c) and (d) alternate, so that both see the
-machine at the same speed. Requests go over one keep-alive connection of the standard
-library's HTTP client, which adds next to nothing of its own.
+machine at the same speed. (e) One z14 imagery tile (WebP, as the viewer asks), rendered (the
+imagery tile cache, a private redis-server, flushed first) and then served from that cache,
+alternating. Requests go over one keep-alive connection of the standard library's HTTP
+client, which adds next to nothing of its own, and send no If-None-Match (no 304s).
 
 Prints the figures last as one line of name=value pairs, ending with
-``cached_vs_imagery=<ratio> cold_vs_raw=<ratio>`` (ratios of median latencies).
+``cached_vs_imagery=<ratio> cold_vs_raw=<ratio> imagery_cached_vs_cold=<ratio>`` (ratios of
+median latencies).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import mercantile  # noqa: E402
 import shapely  # noqa: E402
+from _common import private_redis  # noqa: E402
 
 from iou_maps.catalog import Catalog  # noqa: E402
 from service.testing import ServiceProcess  # noqa: E402
@@ -70,9 +74,13 @@ class Client:
         self.conn = http.client.HTTPConnection(host, int(port), timeout=120)
 
     def get(self, path: str) -> tuple[int, bytes]:
+        status, body, _ = self.get_with_headers(path)
+        return status, body
+
+    def get_with_headers(self, path: str) -> tuple[int, bytes, dict[str, str]]:
         self.conn.request("GET", path)
         r = self.conn.getresponse()
-        return r.status, r.read()
+        return r.status, r.read(), {k.lower(): v for k, v in r.getheaders()}
 
     def close(self) -> None:
         self.conn.close()
@@ -87,6 +95,29 @@ def timed(client: Client, urls: list[str]) -> list[float]:
         if status != 200:
             raise SystemExit(f"{url}: {status} {body[:300]!r}")
     return out
+
+
+def imagery_cache_rounds(
+    client: Client, tile_cache: object, url: str, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Latencies of ``url`` rendered (tile cache flushed) and then from the tile cache, in
+    alternating rounds; checks that both are the same bytes."""
+    cold: list[float] = []
+    cached: list[float] = []
+    client.get(url)  # warm-up: GDAL opens the scenes' overviews
+    for _ in range(rounds):
+        tile_cache.flushdb()  # type: ignore[attr-defined]
+        for kind, out in (("miss", cold), ("hit", cached)):
+            t0 = time.perf_counter()
+            status, body, headers = client.get_with_headers(url)
+            out.append(time.perf_counter() - t0)
+            if status != 200 or headers.get("x-iou-tile-cache") != kind:
+                raise SystemExit(f"{url}: {status}, tile cache {headers.get('x-iou-tile-cache')}")
+            if kind == "miss":
+                rendered = body
+            elif body != rendered:
+                raise SystemExit(f"{url}: the cached tile is not the rendered one")
+    return cold, cached
 
 
 def figures(name: str, samples: list[float]) -> dict[str, float]:
@@ -174,12 +205,24 @@ def main() -> None:
         layer = "imagery" if kind == "imagery" else "metrics/miou"
         return f"/storms/{STORM}/{layer}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}.png"
 
+    w, s, e, n = storm.bounds
+    z14 = mercantile.tile((w + e) / 2, (s + n) / 2, 14)
+    z14_url = f"/storms/{STORM}/imagery/tiles/WebMercatorQuad/14/{z14.x}/{z14.y}.webp"
+
     log = args.out / "service.log"
     results: dict[str, float] = {"tiles": len(tiles), "rounds": args.rounds}
-    with ServiceProcess(data_dir, args.redis_url, model=MODEL, log_path=log) as svc:
+    with (
+        private_redis() as tile_cache_url,
+        ServiceProcess(
+            data_dir, args.redis_url, model=MODEL, log_path=log, tile_cache_url=tile_cache_url
+        ) as svc,
+    ):
+        import redis
+
         from iou_maps.metric_store import connect
 
         redis_client = connect(args.redis_url, data_dir)
+        tile_cache = redis.Redis.from_url(tile_cache_url)
         c = Client(svc.url)
         try:
             imagery_urls = [url("imagery", t) for t in tiles]
@@ -199,6 +242,9 @@ def main() -> None:
                 cold += timed(c, metric_urls)
                 raw.round()
             calls = json.loads(c.get("/healthz")[1])["model_calls"]
+            imagery_cold, imagery_cached = imagery_cache_rounds(
+                c, tile_cache, z14_url, 2 * args.rounds
+            )
         finally:
             c.close()
     results.update(figures("imagery", imagery))
@@ -208,6 +254,11 @@ def main() -> None:
     results.update(raw.figures())
     results["cached_vs_imagery"] = results["cached_ms"] / results["imagery_ms"]
     results["cold_vs_raw"] = results["cold_ms"] / results["raw_ms"]
+    results.update(figures("imagery_z14_cold", imagery_cold))
+    results.update(figures("imagery_z14_cached", imagery_cached))
+    results["imagery_cached_vs_cold"] = (
+        results["imagery_z14_cached_ms"] / results["imagery_z14_cold_ms"]
+    )
     print(
         " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
     )

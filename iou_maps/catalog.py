@@ -15,6 +15,8 @@ scene or catalog.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import os
 import re
 import tarfile
@@ -97,9 +99,23 @@ class Storm:
         return self.directory / FOOTPRINTS
 
     @cached_property
+    def _footprints_bytes(self) -> bytes:
+        # Read once: the footprints and the version come from the same file contents even
+        # when a re-ingest replaces the file in between.
+        return self.footprints_path.read_bytes()
+
+    @cached_property
+    def version(self) -> str:
+        """The catalogue version: a hash of the footprints file's contents, the same in every
+        process and on every host. Ingest rewrites that file whenever a scene changes (each
+        row has the scene's source signature), so what a storm's tiles show changes only
+        with it; an ingest that changes nothing keeps it."""
+        return hashlib.blake2b(self._footprints_bytes, digest_size=12).hexdigest()
+
+    @cached_property
     def footprints(self) -> gpd.GeoDataFrame:
         """Scene footprints (EPSG:4326) with ``path`` made absolute."""
-        gdf = gpd.read_parquet(self.footprints_path)
+        gdf = gpd.read_parquet(io.BytesIO(self._footprints_bytes))
         gdf["path"] = [str(self.directory / p) for p in gdf["path"]]
         gdf["label_path"] = [
             str(self.directory / p) if isinstance(p, str) and p else None for p in gdf["label_path"]

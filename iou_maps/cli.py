@@ -69,6 +69,15 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+class ImageFormat(StrEnum):
+    """Imagery tile formats the tile cache can be filled with."""
+
+    png = "png"
+    jpg = "jpg"
+    jpeg = "jpeg"
+    webp = "webp"
+
+
 def storm_name(value: str) -> str:
     try:
         return validate_storm_name(value)
@@ -361,24 +370,60 @@ def precompute_cmd(
     model: Annotated[
         str | None, typer.Option(help="Model name (default: $IOU_MAPS_MODEL).")
     ] = None,
+    metrics: Annotated[
+        bool,
+        typer.Option("--metrics/--no-metrics", help="Fill the metric cache (the model runs)."),
+    ] = True,
+    imagery: Annotated[
+        bool,
+        typer.Option(
+            "--imagery",
+            help="Also fill the imagery tile cache ($IOU_MAPS_TILE_CACHE_URL) with the storm's "
+            "low-zoom imagery tiles, the zooms the service keeps there.",
+        ),
+    ] = False,
+    imagery_format: Annotated[
+        list[ImageFormat] | None,
+        typer.Option(
+            "--imagery-format",
+            help="Imagery tile formats to fill (repeat the option; default: webp and png).",
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Fill the cache for a storm: every analysis tile, then the lower-zoom aggregates.
+    """Fill the cache for a storm: every analysis tile, then the lower-zoom aggregates; with
+    --imagery, the imagery tile cache's zooms too (--no-metrics: those alone, no model).
 
     Resumable: a re-run skips what is cached for this model. Exit status 1 if any tile failed.
     """
     runtime.inference_process()
-    from iou_maps.models import ModelNotFound
-    from iou_maps.precompute import CacheUnavailable
-
     s = settings(data_dir)
     if model:
         s.model = model
     scheduler = scheduler or s.dask_scheduler
     if scheduler and processes:
         raise typer.BadParameter("give --scheduler or --processes, not both")
+    if not metrics and not imagery:
+        raise typer.BadParameter("--no-metrics leaves nothing to do without --imagery")
     box = _parse_bbox(bbox)
     _storm_or_exit(Catalog(s.data_dir), storm)
+    if metrics:
+        _precompute_metrics(
+            s, storm, scheduler, processes, box, batch_size, workers, refresh
+        )  # fmt: skip
+    if imagery:
+        formats = [f.value for f in imagery_format] if imagery_format else None
+        _precompute_imagery(s, storm, formats, refresh, workers)
+
+
+def _precompute_metrics(
+    s: Settings, storm: str, scheduler: str | None, processes: int | None, box,
+    batch_size: int, workers: int, refresh: bool,
+) -> None:  # fmt: skip
+    """``precompute``'s metric part: the analysis tiles and their aggregates."""
+    from iou_maps.models import ModelNotFound
+    from iou_maps.precompute import CacheUnavailable
+
     with progress_bar() as bar:
         task = bar.add_task(f"precompute {storm}", total=None, rate="")
         first: list[tuple[int, float]] = []
@@ -416,6 +461,52 @@ def precompute_cmd(
         console.print(f"[red]failed[/red] {line}", soft_wrap=True, markup=True, highlight=False)
     if summary.failed:
         raise fail(f"{summary.failed} tile(s) failed; the others are stored", 1)
+
+
+def _precompute_imagery(
+    s: Settings, storm: str, formats: list[str] | None, refresh: bool, workers: int
+) -> None:
+    """``precompute --imagery``: the imagery tiles of the zooms the service keeps in the tile
+    cache, rendered as the service renders them (no query parameters)."""
+    from titiler.core.resources.enums import ImageType
+
+    from iou_maps.imagery import DEFAULT_FORMATS, cached_zooms, precompute_imagery
+    from iou_maps.mosaic import OpenStorms
+    from iou_maps.tile_cache import connect_tile_cache, tile_cache_url
+
+    cache = connect_tile_cache(s)
+    if cache is None or not cache.ping():
+        where = tile_cache_url(s)
+        raise fail(
+            f"the imagery tile cache is {'off' if where == 'off' else 'not reachable'} "
+            f"({where}): set IOU_MAPS_TILE_CACHE_URL to the service's"
+        )
+    storms = OpenStorms(Catalog(s.data_dir))
+    try:
+        loaded = storms.get(storm)
+        zooms = cached_zooms(loaded, s.tile_cache_below)
+        image_types = [ImageType(f) for f in formats] if formats else list(DEFAULT_FORMATS)
+        with progress_bar() as bar:
+            task = bar.add_task(f"imagery {storm} z{zooms.start}-{zooms.stop - 1}", rate="")
+            summary = precompute_imagery(
+                loaded, cache, zooms, image_types, refresh=refresh, workers=min(workers, 4),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )  # fmt: skip
+    finally:
+        storms.close()
+    table = Table(title=f"precompute --imagery {storm}", show_header=False)
+    for name, value in (
+        ("zooms", f"{summary.zooms[0]}..{summary.zooms[1]}" if summary.tiles else "none"),
+        ("formats", ", ".join(summary.formats)),
+        ("tile addresses", summary.tiles),
+        ("tiles rendered", summary.rendered),
+        ("bytes kept", f"{summary.kept_bytes / 1e6:.1f} MB"),
+        ("already cached", summary.already_cached),
+        ("without imagery", summary.empty),
+        ("time", f"{summary.seconds:.1f} s"),
+    ):
+        table.add_row(name, str(value))
+    out.print(table)
 
 
 @app.command()

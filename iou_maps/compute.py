@@ -24,7 +24,7 @@ import numpy as np
 from mercantile import Tile
 
 from iou_maps.chips import ChipReader, ImageryReadError
-from iou_maps.metric_store import NO_IMAGERY, Entry
+from iou_maps.metric_store import NO_IMAGERY, Entry, stored
 from iou_maps.mosaic import OpenStorms
 
 #: How much lower than the API process the inference processes run (``os.nice``).
@@ -112,7 +112,8 @@ class LocalComputer:
             values = self.infer(np.stack([r.chip for r in part]))
             out.model_calls += 1
             for read, v in zip(part, values, strict=True):
-                out.entries[read.tile] = Entry(v, 1)
+                # Served as stored: the tile's bytes do not change once it is cached.
+                out.entries[read.tile] = Entry(stored(v), 1)
         return out
 
     def close(self) -> None:

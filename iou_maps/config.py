@@ -44,6 +44,40 @@ class Settings(BaseSettings):
         description="Most analysis tiles an API process lets wait for the model at once; "
         "over it a request gets what is cached now.",
     )
+    http_max_age: int = Field(
+        default=86400,
+        ge=0,
+        description="Cache-Control max-age (seconds) of complete tiles: how long browsers and "
+        "CDNs may serve a tile without asking again (then they revalidate with its ETag).",
+    )
+    http_metadata_max_age: int = Field(
+        default=300,
+        ge=0,
+        description="Cache-Control max-age (seconds) of TileJSON and WMTS capabilities.",
+    )
+    http_immutable: bool = Field(
+        default=False,
+        description="Mark complete tiles `immutable` (no revalidation within max-age, even on "
+        "reload): for storms that are never re-ingested in place.",
+    )
+    tile_cache_url: str | None = Field(
+        default=None,
+        description="Redis server of the imagery tile cache, separate from REDIS_URL's so that "
+        "imagery can never evict a metric value; 'embedded': a private embedded one under the "
+        "data directory; 'off': none; unset: embedded when REDIS_URL is unset, else off.",
+    )
+    tile_cache_memory: str = Field(
+        default="256mb",
+        pattern=r"^[0-9]+(?:[kKmMgG][bB]?)?$",
+        description="maxmemory of the embedded tile cache (a Redis server's own limit).",
+    )
+    tile_cache_below: int = Field(
+        default=2,
+        ge=0,
+        le=24,
+        description="Imagery tiles at least this many zooms below the storm's native zoom "
+        "(where a tile mosaics many scenes' overviews) are kept in the tile cache.",
+    )
     host: str = Field(default="127.0.0.1")
     port: int = Field(default=8000, ge=1, le=65535)
 

@@ -36,7 +36,6 @@ from mercantile import Tile
 from pmtiles.tile import Compression, TileType, zxy_to_tileid
 from pmtiles.writer import Writer as PMTilesWriter
 from rio_tiler.colormap import cmap as default_cmap
-from rio_tiler.errors import EmptyMosaicError, NoAssetFoundError
 from rio_tiler.types import ColorMapType
 
 from iou_maps.catalog import Catalog, Storm
@@ -45,7 +44,7 @@ from iou_maps.config import Settings
 from iou_maps.engine import GRID_LEVELS, MetricEngine
 from iou_maps.grid import tile_polygons
 from iou_maps.metric_store import MetricStore
-from iou_maps.mosaic import FirstFill, metric_zoom_range, storm_zoom_range
+from iou_maps.mosaic import metric_zoom_range, storm_zoom_range
 from iou_maps.precompute import CacheUnavailable, aggregate_levels, tiles_of, uncached
 from iou_maps.render import DEFAULT_COLORMAP, WEB_MERCATOR, MetricFormat, legend_stops
 
@@ -353,24 +352,18 @@ def metric_tiles(
 def imagery_tiles(
     engine: MetricEngine, storm_name: str, zooms: tuple[int, int], fmt: ImageryFormat
 ) -> Iterator[tuple[Tile, bytes]]:
-    """(tile, bytes) of the storm's imagery tiles as the service's imagery endpoint makes
-    them with its defaults (titiler.mosaic: first scene with data, 256 px, masked edges)."""
+    """(tile, bytes) of the storm's imagery tiles as the service renders them without query
+    parameters (``iou_maps.imagery.render_tile``, its tile cache's renderer too)."""
     from titiler.core.resources.enums import ImageType
-    from titiler.core.utils import render_image
+
+    from iou_maps.imagery import render_tile
 
     loaded = engine.storm(storm_name)
-    backend = loaded.backend
     for z in range(zooms[0], zooms[1] + 1):
         for tile in tiles_at(loaded.storm, z):
-            try:
-                image, _ = backend.tile(
-                    tile.x, tile.y, tile.z, tilesize=256, search_options={},
-                    pixel_selection=FirstFill(), threads=0,
-                )  # fmt: skip
-            except (NoAssetFoundError, EmptyMosaicError):
-                continue  # the service's 204
-            content, _ = render_image(image, output_format=ImageType(fmt.value))
-            yield tile, content
+            rendered = render_tile(loaded, tile, ImageType(fmt.value))
+            if rendered is not None:  # None: the service's 204
+                yield tile, rendered.content
 
 
 # --------------------------------------------------------------------------- archives

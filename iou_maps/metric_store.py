@@ -81,6 +81,14 @@ def unpack(raw: bytes) -> Entry:
     return Entry(values, count)
 
 
+def stored(values: np.ndarray) -> np.ndarray:
+    """``values`` as the cache keeps them (at its resolution): a freshly computed tile is then
+    the same picture, and the same bytes, as when it is read back from the cache."""
+    entry = unpack(pack(values))
+    assert entry.values is not None
+    return entry.values
+
+
 def _key_field(model_id: str, storm: str, tile: Tile) -> tuple[str, int]:
     key = f"iou:{model_id}:{storm}:{tile.z}:{tile.x // BUCKET}:{tile.y // BUCKET}"
     return key, (tile.y % BUCKET) * BUCKET + tile.x % BUCKET

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import jinja2
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -32,6 +32,7 @@ from iou_maps.config import Settings
 from iou_maps.engine import MetricEngine, open_engine
 from iou_maps.mosaic import SceneReader, StormBackend
 from iou_maps.render import DEFAULT_COLORMAP
+from iou_maps.tile_cache import TileCache, connect_tile_cache
 from service import openapi
 from service.admission import ComputeQueue
 from service.dependencies import (
@@ -44,11 +45,13 @@ from service.dependencies import (
 from service.errors import add_exception_handlers
 from service.factories import (
     METRIC_HEADERS,
+    METRIC_TILE_PATH,
     HealthFactory,
     MetricTilerFactory,
     StormMosaicFactory,
     StormsFactory,
 )
+from service.http_cache import TILE_CACHE_HEADER, HttpCaching
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(
@@ -66,9 +69,16 @@ def create_engine(settings: Settings) -> MetricEngine:
     )
 
 
-def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAPI:
-    """The application for ``settings`` (``engine``: an already built one, e.g. in tests)."""
-    engine = engine or create_engine(settings)
+def create_app(
+    settings: Settings, engine: MetricEngine | None = None, tile_cache: TileCache | None = None
+) -> FastAPI:
+    """The application for ``settings`` (``engine``, ``tile_cache``: already built ones, e.g.
+    in tests; without ``engine``, the tile cache comes from the settings too)."""
+    if engine is None:
+        engine = create_engine(settings)
+        tile_cache = connect_tile_cache(
+            settings.model_copy(update={"data_dir": engine.catalog.data_dir})
+        )
     data_dir = engine.catalog.data_dir.resolve()
 
     @asynccontextmanager
@@ -92,8 +102,19 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
     budget = budget_dependency(settings.compute_budget)
     # One compute queue for every route that may run the model (see service/admission.py).
     queue = ComputeQueue(settings.compute_queue)
+    # Cache-Control, ETags and 304s of tiles, TileJSON and WMTS; the imagery tile cache.
+    caching = HttpCaching(
+        engine=engine,
+        max_age=settings.http_max_age,
+        metadata_max_age=settings.http_metadata_max_age,
+        immutable=settings.http_immutable,
+        tile_cache=tile_cache,
+        cache_below=settings.tile_cache_below,
+    )
+    app.state.caching = caching
 
     imagery = StormMosaicFactory(
+        router=APIRouter(route_class=caching.route_class(model=False)),
         # The engine's open scenes: imagery and metric reads share one pool of handles.
         backend=functools.partial(StormBackend, scenes=engine.scenes),  # type: ignore[arg-type]
         dataset_reader=SceneReader,
@@ -101,6 +122,8 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
         router_prefix="/storms/{storm}/imagery",
     )
     metrics = MetricTilerFactory(
+        router=APIRouter(route_class=caching.route_class(model=True, skip=(METRIC_TILE_PATH,))),
+        validator_dependency=caching.metric_validator(),
         engine=engine,
         path_dependency=storm_path,
         budget_dependency=budget,
@@ -144,7 +167,7 @@ def create_app(settings: Settings, engine: MetricEngine | None = None) -> FastAP
         allow_origins=settings.cors_origins,
         allow_methods=["GET"],
         allow_headers=["*"],
-        expose_headers=[*METRIC_HEADERS, "Retry-After"],
+        expose_headers=[*METRIC_HEADERS, "Retry-After", "ETag", TILE_CACHE_HEADER],
     )
     return app
 

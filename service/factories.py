@@ -67,6 +67,7 @@ from service.dependencies import (
     cached_cmap,
     inline,
 )
+from service.http_cache import Validator, cells_digest
 from service.models import (
     AnalysisTile,
     Health,
@@ -83,6 +84,8 @@ WEB_MERCATOR_URI = f"<{CRS_to_uri(WEB_MERCATOR)}>"
 
 #: Response headers of a metric tile (exposed to browsers through CORS).
 METRIC_HEADERS = ("X-IoU-Missing", "X-IoU-Cached", "X-IoU-Computed", "X-IoU-Model", "X-IoU-Cache")
+#: The metric tile route (its endpoint validates itself: its ETag hashes the cells it read).
+METRIC_TILE_PATH = "/{metric}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}"
 
 TMSId = Annotated[
     Literal[tuple(SUPPORTED_TMS.list())],  # type: ignore[valid-type]
@@ -173,6 +176,11 @@ class StormMosaicFactory(MosaicTilerFactory):
         return None
 
 
+async def _no_validator() -> None:
+    """No HTTP validation (the factory without a caching policy)."""
+    return None
+
+
 @define(kw_only=True)
 class MetricTilerFactory(BaseFactory):
     """Metric tiles, TileJSON and WMTS of the metric layers of a storm."""
@@ -185,6 +193,9 @@ class MetricTilerFactory(BaseFactory):
     tile_dependency: Callable[..., Tile | Awaitable[Tile]] = TileCoordsParams
     colormap_dependency: Callable[..., Awaitable[ColorMapType | None]] = ColorMapParams
     render_dependency: Callable[..., Awaitable[DefaultDependency]] = RenderParams
+    #: A tile request's ETag inputs and If-None-Match (service/http_cache.py); None: no
+    #: validation, no cache headers beyond no-store on incomplete tiles.
+    validator_dependency: Callable[..., Awaitable[Validator | None]] = _no_validator
     #: On-demand computation's admission (shared with the point lookup).
     queue: ComputeQueue = field(factory=lambda: ComputeQueue(256))
     supported_tms: TileMatrixSets = SUPPORTED_TMS
@@ -207,10 +218,19 @@ class MetricTilerFactory(BaseFactory):
         cmap: ColorMapType,
         rescale: tuple[float, float],
         retry_after: int | None = None,
+        validator: Validator | None = None,
     ) -> Response:
-        """The metric tile response of ``grid``."""
+        """The metric tile response of ``grid``: a 304 if the client holds its ETag (the
+        cells are read, not encoded). Only a complete tile has an ETag."""
+        etag = None
+        if validator is not None and not grid.missing:
+            etag = validator.etag(cells_digest(grid.values, grid.has_imagery))
+            if (not_modified := validator.not_modified(etag)) is not None:
+                return not_modified
+        cache_headers = validator.headers(etag) if validator is not None and etag else {}
         if not grid.missing and not grid.has_imagery.any():
-            return Response(status_code=204)  # scenes there, but no imagery in the tile
+            # scenes there, but no imagery in the tile
+            return Response(status_code=204, headers=cache_headers)
         tile = grid.tile
         content, media_type = encode_metric_tile(
             grid.values, grid.has_imagery, tile, metric, format, cmap, rescale
@@ -227,6 +247,7 @@ class MetricTilerFactory(BaseFactory):
         if grid.missing:
             # Incomplete: a later request may draw it whole, so do not let clients keep it.
             headers["Cache-Control"] = "no-store"
+        headers.update(cache_headers)
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)  # the model is busy: come back then
         return Response(content, media_type=media_type, headers=headers)
@@ -241,19 +262,20 @@ class MetricTilerFactory(BaseFactory):
         cmap: ColorMapType,
         rescale: tuple[float, float],
         compute: bool,
+        validator: Validator | None = None,
     ) -> Response | TileGrid:
         """The response of a metric tile (in a worker thread); without ``compute``, from the
         cache alone, or the grid if some of it must be computed first."""
         grid: TileGrid = self.engine.tile_grid(storm.name, tile, budget if compute else 0)
         if not compute and grid.missing and budget > 0:
             return grid
-        return self._render(grid, metric, format, cmap, rescale)
+        return self._render(grid, metric, format, cmap, rescale, validator=validator)
 
     def tile(self) -> None:
         engine = self.engine
 
         @self.router.get(
-            "/{metric}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}",
+            METRIC_TILE_PATH,
             summary="Metric tile",
             operation_id=f"{self.operation_prefix}getMetricTile",
             response_class=Response,
@@ -270,7 +292,8 @@ class MetricTilerFactory(BaseFactory):
                         "1-band float32 values, NaN without a value (no scene under the whole "
                         "tile: 204 No Content instead). Headers: X-IoU-Missing "
                         "(analysis tiles left out over the budget), X-IoU-Cached, "
-                        "X-IoU-Computed, X-IoU-Model, X-IoU-Cache (ok|unavailable)."
+                        "X-IoU-Computed, X-IoU-Model, X-IoU-Cache (ok|unavailable); ETag and "
+                        "a long Cache-Control on a complete tile, no-store on an incomplete one."
                     ),
                 },
             },
@@ -284,6 +307,7 @@ class MetricTilerFactory(BaseFactory):
             budget: Annotated[int, Depends(self.budget_dependency)],
             colormap: Annotated[ColorMapType | None, Depends(self.colormap_dependency)],
             render_params: Annotated[DefaultDependency, Depends(self.render_dependency)],
+            validator: Annotated[Validator | None, Depends(self.validator_dependency)],
         ) -> Response:
             """A tile of one metric: values of the analysis tiles under it (computed on demand
             within the budget, cached in Redis), one block per analysis tile or aggregate."""
@@ -294,19 +318,25 @@ class MetricTilerFactory(BaseFactory):
                     detail=f"zoom {tile.z} outside {minzoom}..{maxzoom} for storm {storm.name!r}",
                 )
             if not engine.storm(storm.name).backend.assets_for_tile(tile.x, tile.y, tile.z):
-                return Response(status_code=204)  # no scene under it, as for the imagery
+                # No scene under it, as for the imagery: a fact of this catalogue version.
+                if validator is None:
+                    return Response(status_code=204)
+                etag = validator.etag("no scene")
+                return validator.not_modified(etag) or Response(
+                    status_code=204, headers=validator.headers(etag)
+                )
             # What the cache holds first: one hop to a worker thread (a plain ``def`` endpoint
             # cost FastAPI twice this hop's overhead), no model.
             args = (storm, metric, tile, budget, format, self._colormap(colormap))
             rescale = _rescale(render_params)
-            got = await to_thread.run_sync(self._draw_tile, *args, rescale, False)
+            got = await to_thread.run_sync(self._draw_tile, *args, rescale, False, validator)
             if isinstance(got, Response):
                 return got
             # Then the model, through the compute queue: its waits never hold the threads
             # that cached reads use; over the queue's limit, what is cached now.
             try:
                 return await self.queue.run(
-                    min(got.missing, budget), self._draw_tile, *args, rescale, True
+                    min(got.missing, budget), self._draw_tile, *args, rescale, True, validator
                 )
             except Busy as busy:
                 return await to_thread.run_sync(

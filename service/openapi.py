@@ -5,6 +5,8 @@
   parameters, 404 where it names a storm or a coordinate, 204 and 500 where it reads scenes,
   503 (with Retry-After) where a metric point waits for the model.
   titiler's routes say none of this themselves.
+- Caching: tiles, TileJSON and WMTS of a storm declare their ETag and Cache-Control headers
+  and the 304 Not Modified of a matching If-None-Match (service/http_cache.py).
 - Tuples: pydantic writes fixed-length arrays with OpenAPI 3.1's ``prefixItems``, which
   OpenAPI 3.0 tools ignore and schemathesis (4.32) rejects in a response schema. They are
   written as ``items`` with min/maxItems instead: the same constraint for tuples of one item
@@ -19,6 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.http_cache import describe_caching, route_kind
 from service.models import ErrorDetail
 
 ERROR_REF = "#/components/schemas/ErrorDetail"
@@ -71,12 +74,15 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
     components.setdefault(
         "HTTPValidationError", {"type": "object", "properties": {"detail": {"type": "array"}}}
     )
-    for operations in schema.get("paths", {}).values():
+    for path, operations in schema.get("paths", {}).items():
+        kind = route_kind(path) if "{storm}" in path else None
         for operation in operations.values():
             params = operation.get("parameters", [])
             path_params = {p["name"] for p in params if p.get("in") == "path"}
             responses = operation.setdefault("responses", {})
             responses.update(error_responses(path_params, bool(params)))
+            if kind is not None:
+                describe_caching(operation, kind)
     _plain_tuples(schema)
     return schema
 

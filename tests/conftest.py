@@ -34,9 +34,10 @@ def redis_server_binary() -> str:
 class RedisProcess:
     """A real redis-server on a free loopback port, which tests may stop and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.options = list(options)  # more redis-server options, e.g. --maxmemory 1mb
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,7 +48,7 @@ class RedisProcess:
         self.proc = subprocess.Popen(
             [
                 redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -358,6 +358,30 @@ def test_redis_is_a_bounded_persistent_cache() -> None:
     assert "redis-cli ping" in " ".join(redis_service["healthcheck"]["test"])
 
 
+def test_tile_cache_is_a_bounded_redis_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Imagery tiles go to a second server with its own maxmemory (maxmemory is per server:
+    in the metric cache's server they would make its LRU evict metric values)."""
+    doc = compose()
+    tiles = doc["services"]["tile-cache"]
+    command = tiles["command"]
+    option = {k: v for k, v in zip(command[1::2], command[2::2], strict=False)}
+    assert command[0] == "redis-server" and tiles["image"] == doc["services"]["redis"]["image"]
+    assert option["--maxmemory-policy"] == "allkeys-lru"
+    assert option["--appendonly"] == "no" and option["--save"] == ""
+    assert "volumes" not in tiles  # a cache of re-renderable tiles: nothing to keep
+    limit = tiles["deploy"]["resources"]["limits"]["memory"]
+    assert to_bytes(option["--maxmemory"]) < to_bytes(limit)
+    assert "redis-cli ping" in " ".join(tiles["healthcheck"]["test"])
+    for name in IMAGE_SERVICES:
+        service = doc["services"][name]
+        s = settings_from(service_env(service), monkeypatch)
+        url = urlsplit(s.tile_cache_url or "")
+        assert url.scheme == "redis" and url.hostname == "tile-cache" and url.port == 6379
+        assert urlsplit(s.redis_url or "").hostname != url.hostname
+        assert service["depends_on"]["tile-cache"]["condition"] == "service_healthy"
+        assert s.http_max_age > 0 and s.http_metadata_max_age > 0
+
+
 def test_one_port_everywhere() -> None:
     argv = dockerfile_command()
     port = int(argv[argv.index("--port") + 1])
