@@ -19,6 +19,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -27,6 +28,7 @@ from rich.table import Table
 
 from iou_maps import runtime
 from iou_maps.catalog import Catalog, InvalidStormName, StormNotFound, ingest, validate_storm_name
+from iou_maps.classes import METRICS
 from iou_maps.config import Settings
 
 app = typer.Typer(
@@ -783,6 +785,214 @@ def serve(
     os.environ["IOU_MAPS_DATA_DIR"] = str(s.data_dir)
     out.print(f"IoU Maps viewer: http://{s.host}:{s.port}/")
     uvicorn.run("service.app:app_from_env", factory=True, host=s.host, port=s.port, workers=workers)
+
+
+class ExportFormat(StrEnum):
+    """Export file formats."""
+
+    pmtiles = "pmtiles"
+    mbtiles = "mbtiles"
+    cog = "cog"
+
+
+class ExportLayer(StrEnum):
+    """What a tile archive holds."""
+
+    metric = "metric"
+    imagery = "imagery"
+
+
+class Source(StrEnum):
+    """Where a metric layer's values come from (iou_maps.export.SOURCES)."""
+
+    predicted = "predicted"
+    true = "true"
+    error = "error"
+
+
+MetricName = StrEnum("MetricName", {m: m for m in METRICS})  # type: ignore[misc]
+DEFAULT_METRIC = MetricName("miou")
+
+
+@app.command("export")
+def export_cmd(
+    storm: Annotated[str, typer.Argument(help="Storm name.", callback=storm_name)],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="pmtiles | mbtiles (tile archives) | cog (float values)."),
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="File to write (replaced whole).")],
+    metric: Annotated[MetricName, typer.Option(help="Metric layer.")] = DEFAULT_METRIC,
+    source: Annotated[
+        Source, typer.Option(help="predicted (the regressor), true (labels) or error.")
+    ] = Source.predicted,
+    layer: Annotated[
+        ExportLayer,
+        typer.Option(help="metric, or the storm's imagery as its own archive."),
+    ] = ExportLayer.metric,
+    minzoom: Annotated[
+        int | None, typer.Option(help="Lowest zoom (default: the service's for the storm).")
+    ] = None,
+    maxzoom: Annotated[
+        int | None, typer.Option(help="Highest zoom (default: the service's for the storm).")
+    ] = None,
+    colormap: Annotated[
+        str | None, typer.Option(help="Colormap name, as the tiles' colormap_name= (rdylgn).")
+    ] = None,
+    rescale: Annotated[
+        str, typer.Option(help="MIN,MAX of the metric that the colormap spans.")
+    ] = "0,1",
+    tile_format: Annotated[
+        str | None,
+        typer.Option(
+            help="Tile encoding: png or webp (metric, default png); webp, png or "
+            "jpeg (imagery, default webp)."
+        ),
+    ] = None,  # fmt: skip
+    pixels_per_tile: Annotated[
+        int, typer.Option(min=1, max=256, help="COG: pixels across each analysis tile.")
+    ] = 1,
+    attribution: Annotated[str | None, typer.Option(help="Attribution in the metadata.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name (default: $IOU_MAPS_MODEL).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Export a storm's map as a file: the service's metric tiles (or imagery) in a PMTiles or
+    MBTiles archive, or the metric values as a Cloud-Optimized GeoTIFF.
+
+    Values come from the service's cache; missing ones are computed (and cached) as the
+    service would, so a run on a precomputed storm makes no model call.
+    """
+    from iou_maps.chips import ImageryReadError
+    from iou_maps.export import (
+        ArchiveFormat,
+        CacheUnavailable,
+        ExportError,
+        ImageryFormat,
+        MetricLayer,
+        export_cog,
+        export_imagery_archive,
+        export_metric_archive,
+        open_export_engine,
+    )
+    from iou_maps.models import ModelNotFound
+    from iou_maps.render import DEFAULT_COLORMAP, MetricFormat
+
+    s = settings(data_dir)
+    if model:
+        s.model = model
+    _storm_or_exit(Catalog(s.data_dir), storm)
+    lo, hi = _parse_range(rescale, "rescale")
+    try:
+        metric_layer = MetricLayer(
+            storm, metric.value, source.value, colormap or DEFAULT_COLORMAP, (lo, hi)
+        )
+        if layer is ExportLayer.imagery:
+            if fmt is ExportFormat.cog:
+                raise typer.BadParameter("--layer imagery: the COG holds metric values only")
+            imagery_format = ImageryFormat(tile_format or "webp")
+        elif fmt is not ExportFormat.cog:
+            metric_format = MetricFormat(tile_format or "png")
+            if metric_format.raw:
+                raise ValueError
+    except ValueError as exc:
+        if isinstance(exc, ExportError):
+            raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(f"--tile-format {tile_format!r} is not valid here") from None
+    try:
+        engine = open_export_engine(s)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+    try:
+        with progress_bar() as bar:
+            fill = _bar_task(bar, f"values {storm}")
+            tiles = _bar_task(bar, f"{fmt.value} {out_file.name}")
+            if layer is ExportLayer.imagery:
+                summary = export_imagery_archive(
+                    engine, storm, out_file, ArchiveFormat(fmt.value), fmt=imagery_format,
+                    minzoom=minzoom, maxzoom=maxzoom, attribution=attribution, progress=tiles,
+                )  # fmt: skip
+            elif fmt is ExportFormat.cog:
+                summary = export_cog(
+                    engine, metric_layer, out_file, pixels_per_tile=pixels_per_tile,
+                    fill_progress=fill, progress=tiles,
+                )  # fmt: skip
+            else:
+                summary = export_metric_archive(
+                    engine, metric_layer, out_file, ArchiveFormat(fmt.value),
+                    fmt=metric_format, minzoom=minzoom, maxzoom=maxzoom,
+                    attribution=attribution, fill_progress=fill, progress=tiles,
+                )  # fmt: skip
+    except ExportError as exc:
+        raise fail(str(exc)) from None
+    except (CacheUnavailable, ImageryReadError) as exc:
+        raise fail(str(exc), 1) from None
+    finally:
+        engine.close()
+    table = Table(title=f"export {storm} → {summary.path}", show_header=False)
+    for name, value in (
+        ("format", summary.format),
+        ("zooms", "{}..{}".format(*summary.zooms)),
+        ("tiles written", summary.tiles),
+        ("bytes", summary.bytes),
+        ("bytes/tile", f"{summary.bytes / max(summary.tiles, 1):.0f}"),
+        ("values computed", summary.fill.computed),
+        ("model calls", summary.fill.model_calls),
+        ("aggregates written", summary.fill.aggregates_written),
+        ("time", f"{summary.seconds:.1f} s"),
+    ):
+        table.add_row(name, str(value))
+    out.print(table)
+
+
+@app.command("stac")
+def stac_cmd(
+    storm: Annotated[str, typer.Argument(help="Storm name.", callback=storm_name)],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder of the STAC Collection.")],
+    exports: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--export",
+            help="Export files to catalogue (default: the storm's exports in --out).",
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Write a STAC Collection of a storm: an Item per scene (footprint, datetime, COG) and an
+    Item per exported map with its files as assets; validated against the STAC schemas."""
+    from iou_maps.stac import StacError, write_storm_collection
+
+    s = settings(data_dir)
+    st = _storm_or_exit(Catalog(s.data_dir), storm)
+    try:
+        result = write_storm_collection(st, out_dir, exports=exports)
+    except StacError as exc:
+        raise fail(str(exc), 1) from None
+    out.print(
+        f"STAC Collection {result.collection_path}: {result.scene_items} scene items, "
+        f"{result.export_items} export items ({result.export_assets} assets); valid"
+    )
+
+
+def _parse_range(value: str, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--{name} must be MIN,MAX numbers, got {value!r}") from None
+    return lo, hi
+
+
+def _bar_task(bar: Progress, description: str) -> Callable[[int, int], None]:
+    """A (done, total) callback drawing one Rich task, added on its first call."""
+    task: list[TaskID] = []
+
+    def update(done: int, total: int) -> None:
+        if not task:
+            task.append(bar.add_task(description, total=total, rate=""))
+        bar.update(task[0], completed=done, total=total)
+
+    return update
 
 
 def _precompute_here(

@@ -54,6 +54,12 @@ def storm_zoom_range(storm: Storm) -> tuple[int, int]:
     return min(MIN_ZOOM, maxzoom), max(maxzoom, MIN_ZOOM)
 
 
+def metric_zoom_range(storm: Storm, analysis_zoom: int) -> tuple[int, int]:
+    """Zooms of a storm's metric layers: its imagery zooms, extended to the analysis zoom."""
+    minzoom, maxzoom = storm_zoom_range(storm)
+    return minzoom, max(maxzoom, analysis_zoom)
+
+
 class SceneReadError(RuntimeError):
     """A scene file of a storm could not be read; the message names the scene."""
 

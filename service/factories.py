@@ -39,6 +39,7 @@ from titiler.mosaic.factory import MosaicTilerFactory
 from iou_maps.catalog import Storm
 from iou_maps.classes import METRICS, Source
 from iou_maps.engine import GRID_LEVELS, MetricEngine, TileGrid, difference
+from iou_maps.mosaic import metric_zoom_range
 from iou_maps.render import (
     WEB_MERCATOR,
     MetricFormat,
@@ -104,8 +105,7 @@ TMSId = Annotated[
 
 def zoom_range(engine: MetricEngine, storm: Storm) -> tuple[int, int]:
     """Zooms of the metric layers: the storm's imagery zooms, extended to the analysis zoom."""
-    backend = engine.storm(storm.name).backend
-    return backend.minzoom, max(backend.maxzoom, engine.analysis_zoom)
+    return metric_zoom_range(engine.storm(storm.name).storm, engine.analysis_zoom)
 
 
 def _rescale(
