@@ -127,6 +127,17 @@ class Storm:
         """Union of all footprints (EPSG:4326)."""
         return shapely.union_all(self.footprints.geometry.values)
 
+    @cached_property
+    def label_coverage(self) -> shapely.Geometry:
+        """Union of the footprints of the scenes that have a label raster (empty: none)."""
+        fp = self.footprints
+        return shapely.union_all(fp.geometry.values[fp["label_path"].notna().to_numpy()])
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether any scene of the storm has a label raster."""
+        return bool(self.footprints["label_path"].notna().any())
+
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         w, s, e, n = self.footprints.total_bounds

@@ -37,11 +37,13 @@ class ImageryReadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ChipRead:
-    """What reading one analysis tile gave: its chip, no imagery (``chip`` None), or an error."""
+    """What reading one analysis tile gave: its chip, no imagery (``chip`` None), or an error;
+    with its label where labels were read (``iou_maps.truth``)."""
 
     tile: Tile
     chip: np.ndarray | None = None
     error: ImageryReadError | None = None
+    label: np.ndarray | None = None
 
     @property
     def has_imagery(self) -> bool:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,7 +39,8 @@ app = typer.Typer(
 # TensorFlow's C++ start-up chatter buries the progress bars; keep warnings and errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 console = Console(stderr=True)
-out = Console()
+# Lines are never wrapped at the console's width: piped into grep or a file they stay whole.
+out = Console(soft_wrap=True)
 
 DataDir = Annotated[
     Path | None,
@@ -62,6 +66,61 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")
+]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON has it: numpy scalars as numbers, NaN as null, nested alike."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()  # numpy scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout (NaN as null)."""
+    sys.stdout.write(json.dumps(_plain(data), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _cell(value: Any) -> str:
+    value = _plain(value)
+    if value is None:
+        return ""
+    return f"{value:.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    title: str | None = None,
+    header: bool = True,
+) -> None:
+    """A Rich table on a terminal; otherwise tab-separated lines (the header line first)
+    with every value whole, for scripts: Rich would cut them to 80 columns."""
+    if out.is_terminal:
+        table = Table(title=title, show_header=header)
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        out.print(table)
+        return
+    lines = (["\t".join(columns)] if header else []) + [
+        "\t".join(_cell(v) for v in row) for row in rows
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -137,19 +196,114 @@ def ingest_cmd(
 
 
 @app.command()
-def storms(data_dir: DataDir = None) -> None:
-    """List the ingested storms."""
+def storms(
+    storm: Annotated[
+        str | None,
+        typer.Argument(help="A storm: what the cache knows about it (tiles, mIoU, accuracy)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name (default: $IOU_MAPS_MODEL).")
+    ] = None,
+    json_out: JsonOutput = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List the ingested storms, or summarise one: its analysis tiles (cached, with imagery,
+    labelled), the predicted mIoU's histogram and, where labels exist, the regressor's MAE and
+    Pearson r against the true metrics (from the cache: see `precompute --source true`)."""
     s = settings(data_dir)
-    summary = Catalog(s.data_dir).summary()
+    if model:
+        s.model = model
+    catalog = Catalog(s.data_dir)
+    if storm is not None:
+        _storm_summary(s, catalog, storm_name(storm), json_out)
+        return
+    summary = catalog.summary()
+    if json_out:
+        print_json(summary.to_dict(orient="records"))
+        return
     if summary.empty:
         out.print(f"no storms under {s.storms_dir}")
         return
-    table = Table(title=f"storms in {s.storms_dir}")
-    for col in summary.columns:
-        table.add_column(col)
-    for row in summary.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
-    out.print(table)
+    print_table(
+        list(summary.columns),
+        [list(row) for row in summary.itertuples(index=False)],
+        title=f"storms in {s.storms_dir}",
+    )
+
+
+def _storm_summary(s: Settings, catalog: Catalog, name: str, json_out: bool) -> None:
+    """``storms STORM``: the catalog's row and the summary of the cache (iou_maps.summary)."""
+    import redis
+
+    from iou_maps.metric_store import MetricStore, connect
+    from iou_maps.models import ModelNotFound, regressor_metadata, truth_segmentation_dir
+    from iou_maps.summary import summarize
+    from iou_maps.truth import TRUE_NAMESPACE, SegmentationSource
+
+    st = _storm_or_exit(catalog, name)
+    row = catalog.summary().set_index("storm").loc[name].to_dict()
+    try:
+        meta = regressor_metadata(s.data_dir, s.model)
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
+    model_id, zoom = str(meta["model_id"]), int(meta["analysis_zoom"])
+    client = connect(s.redis_url, s.data_dir)
+    true_store = segmentation_id = None
+    try:
+        segmentation_id = SegmentationSource(truth_segmentation_dir(s.data_dir, s.model)).model_id
+        true_store = MetricStore(client, segmentation_id, TRUE_NAMESPACE)
+    except ModelNotFound:
+        pass  # no true values: the summary says so
+    try:
+        got = summarize(
+            st, zoom, MetricStore(client, model_id), model_id, true_store, segmentation_id
+        )
+    except (redis.RedisError, OSError) as exc:
+        raise fail(f"Redis is not reachable: {exc}") from None
+    if json_out:
+        print_json({"catalog": {"storm": name, **row}, **asdict(got)})
+        return
+    fields: list[tuple[str, Any]] = [
+        ("storm", name),
+        *((k, v) for k, v in row.items()),
+        ("model", f"{s.model} ({model_id})"),
+        ("segmentation model", segmentation_id or "none: no true values"),
+        ("analysis zoom", zoom),
+        ("analysis tiles", got.analysis_tiles),
+        ("cached", got.cached),
+        ("with imagery", got.with_imagery),
+        ("labelled", got.labelled),
+        ("true values cached", got.true_cached),
+        ("with a true value", got.evaluated),
+        ("compared", got.compared),
+    ]
+    print_table(["field", "value"], fields, title=f"storm {name}", header=False)
+    edges, counts = got.histogram_edges, got.histogram_counts
+    top = max(counts, default=0) or 1
+    print_table(
+        ["predicted mIoU", "tiles", ""],
+        [
+            (f"{lo:.1f}–{hi:.1f}", n, "█" * round(20 * n / top))
+            for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)
+        ],
+        title="predicted mIoU of the cached tiles",
+    )
+    if got.accuracy is None:
+        reason = "no labels" if not got.has_labels else "no true values cached"
+        out.print(f"regressor vs truth: {reason} (iou-maps precompute {name} --source true)")
+        return
+    print_table(
+        ["metric", "tiles", "MAE", "Pearson r"],
+        [(m, a.n, a.mae, a.pearson_r) for m, a in got.accuracy.items()],
+        title=f"regressor vs truth on {got.compared} tiles of {name}",
+    )
+
+
+class FillSource(StrEnum):
+    """What precompute fills (the error layer comes with ``true``)."""
+
+    predicted = "predicted"
+    true = "true"
 
 
 class RegressorKind(StrEnum):
@@ -370,6 +524,15 @@ def precompute_cmd(
     model: Annotated[
         str | None, typer.Option(help="Model name (default: $IOU_MAPS_MODEL).")
     ] = None,
+    source: Annotated[
+        FillSource,
+        typer.Option(
+            help="predicted: the regressor's values; true: the segmentation model against the "
+            "storm's labels on its labelled tiles, then the error layer (the predictions it "
+            "needs, its mean absolute errors at lower zooms)."
+        ),
+    ] = FillSource.predicted,
+    json_out: JsonOutput = False,
     metrics: Annotated[
         bool,
         typer.Option("--metrics/--no-metrics", help="Fill the metric cache (the model runs)."),
@@ -407,25 +570,36 @@ def precompute_cmd(
         raise typer.BadParameter("--no-metrics leaves nothing to do without --imagery")
     box = _parse_bbox(bbox)
     _storm_or_exit(Catalog(s.data_dir), storm)
+    report: dict[str, Any] = {}
+    failed = 0
     if metrics:
-        _precompute_metrics(
-            s, storm, scheduler, processes, box, batch_size, workers, refresh
+        summary = _precompute_metrics(
+            s, storm, scheduler, processes, box, batch_size, workers, refresh, source, json_out
         )  # fmt: skip
+        report.update({**asdict(summary), "tiles_per_second": summary.tiles_per_second})
+        failed = summary.failed
     if imagery:
         formats = [f.value for f in imagery_format] if imagery_format else None
-        _precompute_imagery(s, storm, formats, refresh, workers)
+        report["imagery"] = _precompute_imagery(s, storm, formats, refresh, workers, json_out)
+    if json_out:
+        print_json(report)
+    if failed:
+        raise fail(f"{failed} tile(s) failed; the others are stored", 1)
 
 
 def _precompute_metrics(
     s: Settings, storm: str, scheduler: str | None, processes: int | None, box,
-    batch_size: int, workers: int, refresh: bool,
-) -> None:  # fmt: skip
-    """``precompute``'s metric part: the analysis tiles and their aggregates."""
+    batch_size: int, workers: int, refresh: bool, source: FillSource, json_out: bool,
+) -> Any:  # fmt: skip
+    """``precompute``'s metric part: the analysis tiles (of ``source``) and their aggregates;
+    the summary is printed (unless ``json_out``) and returned."""
+    from iou_maps.classes import Source
     from iou_maps.models import ModelNotFound
     from iou_maps.precompute import CacheUnavailable
+    from iou_maps.truth import NoLabels
 
     with progress_bar() as bar:
-        task = bar.add_task(f"precompute {storm}", total=None, rate="")
+        task = bar.add_task(f"precompute {storm} {source.value}", total=None, rate="")
         first: list[tuple[int, float]] = []
 
         def on_progress(done: int, total: int) -> None:
@@ -435,39 +609,53 @@ def _precompute_metrics(
             rate = (done - n0) / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, completed=done, total=total, rate=f"{rate:.1f} tiles/s")
 
+        fill_source = Source(source.value)
         try:
             if scheduler or processes:
                 summary = _precompute_on_cluster(
-                    s, storm, scheduler, processes, box, batch_size, workers, refresh, on_progress
-                )
+                    s, storm, scheduler, processes, box, batch_size, workers, refresh, on_progress,
+                    fill_source,
+                )  # fmt: skip
             else:
-                summary = _precompute_here(s, storm, box, batch_size, workers, refresh, on_progress)
-        except (CacheUnavailable, ModelNotFound) as exc:
+                summary = _precompute_here(
+                    s, storm, box, batch_size, workers, refresh, on_progress, fill_source
+                )
+        except (CacheUnavailable, ModelNotFound, NoLabels) as exc:
             raise fail(str(exc)) from None
-    table = Table(title=f"precompute {storm} (model {summary.model_id})", show_header=False)
-    for name, value in (
-        ("analysis tiles", summary.total),
-        ("computed", summary.computed),
-        ("already cached", summary.already_cached),
-        ("without imagery", summary.no_imagery),
-        ("failed", summary.failed),
-        ("aggregates written", summary.aggregated),
-        ("time", f"{summary.seconds:.1f} s"),
-        ("tiles/s", f"{summary.tiles_per_second:.1f}"),
-    ):
-        table.add_row(name, str(value))
-    out.print(table)
+    if not json_out:
+        rows: list[tuple[str, Any]] = [
+            ("source", summary.source),
+            ("analysis tiles", summary.total),
+            ("computed", summary.computed),
+            ("already cached", summary.already_cached),
+            ("without imagery" if source is FillSource.predicted else "too few labels",
+             summary.no_imagery),
+            ("failed", summary.failed),
+            ("aggregates written", summary.aggregated),
+        ]  # fmt: skip
+        if source is FillSource.true:
+            rows += [
+                ("predictions for the error layer", summary.error_predictions),
+                ("error aggregates written", summary.error_aggregated),
+            ]
+        rows += [
+            ("time", f"{summary.seconds:.1f} s"),
+            ("tiles/s", f"{summary.tiles_per_second:.1f}"),
+        ]
+        title = f"precompute {storm} {summary.source} (model {summary.model_id})"
+        print_table(["field", "value"], rows, title=title, header=False)
     for line in summary.failures[:20]:
         console.print(f"[red]failed[/red] {line}", soft_wrap=True, markup=True, highlight=False)
-    if summary.failed:
-        raise fail(f"{summary.failed} tile(s) failed; the others are stored", 1)
+    return summary
 
 
 def _precompute_imagery(
-    s: Settings, storm: str, formats: list[str] | None, refresh: bool, workers: int
-) -> None:
+    s: Settings, storm: str, formats: list[str] | None, refresh: bool, workers: int,
+    json_out: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """``precompute --imagery``: the imagery tiles of the zooms the service keeps in the tile
-    cache, rendered as the service renders them (no query parameters)."""
+    cache, rendered as the service renders them (no query parameters). The summary is printed
+    (unless ``json_out``) and returned."""
     from titiler.core.resources.enums import ImageType
 
     from iou_maps.imagery import DEFAULT_FORMATS, cached_zooms, precompute_imagery
@@ -494,19 +682,20 @@ def _precompute_imagery(
             )  # fmt: skip
     finally:
         storms.close()
-    table = Table(title=f"precompute --imagery {storm}", show_header=False)
-    for name, value in (
-        ("zooms", f"{summary.zooms[0]}..{summary.zooms[1]}" if summary.tiles else "none"),
-        ("formats", ", ".join(summary.formats)),
-        ("tile addresses", summary.tiles),
-        ("tiles rendered", summary.rendered),
-        ("bytes kept", f"{summary.kept_bytes / 1e6:.1f} MB"),
-        ("already cached", summary.already_cached),
-        ("without imagery", summary.empty),
-        ("time", f"{summary.seconds:.1f} s"),
-    ):
-        table.add_row(name, str(value))
-    out.print(table)
+    if not json_out:
+        rows: list[tuple[str, Any]] = [
+            ("zooms", f"{summary.zooms[0]}..{summary.zooms[1]}" if summary.tiles else "none"),
+            ("formats", ", ".join(summary.formats)),
+            ("tile addresses", summary.tiles),
+            ("tiles rendered", summary.rendered),
+            ("bytes kept", f"{summary.kept_bytes / 1e6:.1f} MB"),
+            ("already cached", summary.already_cached),
+            ("without imagery", summary.empty),
+            ("time", f"{summary.seconds:.1f} s"),
+        ]
+        title = f"precompute --imagery {storm}"
+        print_table(["field", "value"], rows, title=title, header=False)
+    return asdict(summary)
 
 
 @app.command()
@@ -521,8 +710,10 @@ def demo(
     """The whole pipeline on synthetic storms, then the server; reuses what already exists.
 
     synthetic storm + validation storm → ingest → train segmentation → evaluate → train
-    regressor → precompute → serve. Uses the embedded Redis unless REDIS_URL is set.
+    regressor → precompute (predicted, then true and error values) → serve. Uses the
+    embedded Redis unless REDIS_URL is set.
     """
+    from iou_maps.classes import Source
     from iou_maps.demo import DemoPlan, prepare
     from iou_maps.engine import open_engine
     from iou_maps.precompute import precompute
@@ -534,16 +725,20 @@ def demo(
         storm, _val, _reg = prepare(plan, progress=rich_progress(bar), log=bar.console.print)
     s.model = plan.model
     engine = open_engine(s)
-    with progress_bar() as bar:
-        task = bar.add_task(f"precompute {storm.name}", total=None, rate="")
-        summary = precompute(
-            engine, storm.name,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )  # fmt: skip
-    out.print(
-        f"precompute {storm.name}: {summary.computed} computed, {summary.already_cached} already "
-        f"cached, {summary.failed} failed; demo ready in {time.perf_counter() - started:.0f} s"
-    )
+    for source in (Source.predicted, Source.true):
+        with progress_bar() as bar:
+            task = bar.add_task(f"precompute {storm.name} {source.value}", total=None, rate="")
+            summary = precompute(
+                engine, storm.name, source=source,
+                progress=lambda done, total, task=task: bar.update(
+                    task, completed=done, total=total
+                ),
+            )  # fmt: skip
+        out.print(
+            f"precompute {storm.name} {source.value}: {summary.computed} computed, "
+            f"{summary.already_cached} already cached, {summary.failed} failed"
+        )
+    out.print(f"demo ready in {time.perf_counter() - started:.0f} s")
     engine.close()
     del engine  # releases the embedded Redis before the server opens it
     if serve_after:
@@ -801,7 +996,8 @@ def _bar_task(bar: Progress, description: str) -> Callable[[int, int], None]:
 
 
 def _precompute_here(
-    s: Settings, storm: str, box, batch_size: int, workers: int, refresh: bool, progress
+    s: Settings, storm: str, box, batch_size: int, workers: int, refresh: bool, progress,
+    source,
 ):  # fmt: skip
     """Precompute in this process (the model loaded here)."""
     from iou_maps.engine import open_engine
@@ -810,8 +1006,8 @@ def _precompute_here(
     engine = open_engine(s)
     try:
         return precompute(
-            engine, storm, bbox=box, batch_size=batch_size, workers=workers, refresh=refresh,
-            progress=progress,
+            engine, storm, source=source, bbox=box, batch_size=batch_size, workers=workers,
+            refresh=refresh, progress=progress,
         )  # fmt: skip
     finally:
         engine.close()
@@ -819,7 +1015,7 @@ def _precompute_here(
 
 def _precompute_on_cluster(
     s: Settings, storm: str, scheduler: str | None, processes: int | None, box,
-    batch_size: int, workers: int, refresh: bool, progress,
+    batch_size: int, workers: int, refresh: bool, progress, source,
 ):  # fmt: skip
     """Precompute on a Dask cluster (an existing one, or a LocalCluster of ``processes``)."""
     from iou_maps.cluster import dask_client, precompute_on_cluster
@@ -830,7 +1026,7 @@ def _precompute_on_cluster(
     console.print(f"precompute {storm} on {where}")
     with dask_client(scheduler, processes) as client:
         return precompute_on_cluster(
-            client, s, storm, bbox=box, refresh=refresh, batch_size=batch_size,
+            client, s, storm, source=source, bbox=box, refresh=refresh, batch_size=batch_size,
             read_threads=workers, progress=progress,
         )  # fmt: skip
 

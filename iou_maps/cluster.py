@@ -27,11 +27,12 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_wo
 from mercantile import Tile
 
 from iou_maps.catalog import Catalog
+from iou_maps.classes import Source
 from iou_maps.config import Settings
 from iou_maps.engine import MetricEngine
 from iou_maps.grid import ancestor
 from iou_maps.metric_store import MetricStore, connect
-from iou_maps.models import regressor_metadata
+from iou_maps.models import regressor_metadata, truth_segmentation_dir
 from iou_maps.mosaic import storm_zoom_range
 from iou_maps.precompute import (
     CacheUnavailable,
@@ -39,9 +40,18 @@ from iou_maps.precompute import (
     PrecomputeSummary,
     Progress,
     aggregate_levels,
+    error_leaves,
     fill,
     tiles_of,
     uncached,
+    with_values,
+)
+from iou_maps.truth import (
+    ERROR_NAMESPACE,
+    TRUE_NAMESPACE,
+    NoLabels,
+    SegmentationSource,
+    error_id,
 )
 
 #: Tiles of a block: those under one tile this many zooms above the analysis zoom (4^levels).
@@ -90,15 +100,21 @@ def prepare_workers(client: Client, settings: Settings) -> str:
 
 
 def fill_block(
-    plugin: str, storm: str, tiles: list[Tile], batch_size: int, read_threads: int
+    plugin: str,
+    storm: str,
+    tiles: list[Tile],
+    batch_size: int,
+    read_threads: int,
+    source: Source = Source.predicted,
 ) -> FillCounts:
-    """A Dask task: compute and store the entries of ``tiles`` with the worker's engine."""
+    """A Dask task: compute and store the ``source`` entries of ``tiles`` with the worker's
+    engine (its regressor, or its segmentation model for true values)."""
     engine = get_worker().plugins[plugin].engine
-    store = engine.store
+    store = engine.channel(source).store
     if store is None:
         raise CacheUnavailable("the worker has no Redis to store values in")
     counts = fill(
-        engine.local(), engine.storm(storm).backend, tiles,
+        engine.local_computer(source), engine.storm(storm).backend, tiles,
         lambda entries: store.set_many(storm, entries),
         batch_size=batch_size, workers=read_threads,
     )  # fmt: skip
@@ -137,6 +153,7 @@ def precompute_on_cluster(
     settings: Settings,
     storm: str,
     *,
+    source: Source = Source.predicted,
     bbox: Sequence[float] | None = None,
     refresh: bool = False,
     block_levels: int = BLOCK_LEVELS,
@@ -150,28 +167,98 @@ def precompute_on_cluster(
     The workers must see the data directory at the same path and reach the same Redis
     (``settings.redis_url``; the embedded Redis only serves workers on this machine).
     """
+    if source is Source.error:
+        raise ValueError("precompute fills predicted or true values (true: the error layer too)")
     start = time.perf_counter()
     meta = regressor_metadata(settings.data_dir, settings.model)
     model_id, zoom = str(meta["model_id"]), int(meta["analysis_zoom"])
-    store = MetricStore(connect(settings.redis_url, settings.data_dir), model_id)
-    if not store.ping():
+    redis_client = connect(settings.redis_url, settings.data_dir)
+    pred_store = MetricStore(redis_client, model_id)
+    if not pred_store.ping():
         raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
     st = Catalog(settings.data_dir).storm(storm)
-    tiles = tiles_of(st, zoom, bbox)
-    summary = PrecomputeSummary(storm=storm, model_id=model_id, total=len(tiles))
+    store = pred_store
+    if source is Source.true:
+        if not st.has_labels:
+            raise NoLabels(f"storm {storm!r} has no label rasters: true metrics need labels")
+        segmentation = SegmentationSource(truth_segmentation_dir(settings.data_dir, settings.model))
+        store = MetricStore(redis_client, segmentation.model_id, TRUE_NAMESPACE)
+    tiles = tiles_of(st, zoom, bbox, source)
+    summary = PrecomputeSummary(
+        storm=storm, model_id=store.model_id, source=source.value, total=len(tiles)
+    )
     todo, summary.already_cached = (list(tiles), 0) if refresh else uncached(store, storm, tiles)
-    done = summary.already_cached
-    if progress:
-        progress(done, len(tiles))
-    if todo:
-        plugin = prepare_workers(client, settings)
+    state = _Progress(summary.already_cached, len(tiles), progress)
+    blocks = _Blocks(client, settings, storm, block_levels, batch_size, read_threads, state)
+    blocks.run(todo, source, summary)
+    lowest = storm_zoom_range(st)[0] if min_zoom is None else min_zoom
+    summary.aggregated = aggregate_levels(store, storm, tiles, zoom, lowest)
+    if source is Source.true:
+        # The error layer needs a prediction wherever there is a true value.
+        need, _ = uncached(pred_store, storm, with_values(store, storm, tiles))
+        state.total += len(need)
+        more = PrecomputeSummary()
+        blocks.run(need, Source.predicted, more)
+        summary.add(more)
+        summary.error_predictions = more.computed
+        error_store = MetricStore(redis_client, error_id(model_id, store.model_id), ERROR_NAMESPACE)
+        summary.error_aggregated = aggregate_levels(
+            error_store, storm, tiles, zoom, lowest, leaves=error_leaves(pred_store, store, storm)
+        )
+    state.finish()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+class _Progress:
+    """Tiles done of a total that may grow, reported to a ``Progress`` callback."""
+
+    def __init__(self, done: int, total: int, callback: Progress | None) -> None:
+        self.done, self.total, self.callback = done, total, callback
+        self.report()
+
+    def report(self) -> None:
+        if self.callback:
+            self.callback(self.done, self.total)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.report()
+
+    def finish(self) -> None:
+        self.done = self.total
+        self.report()
+
+
+class _Blocks:
+    """Runs ``fill_block`` tasks on the cluster, one per block of tiles."""
+
+    def __init__(
+        self, client: Client, settings: Settings, storm: str, block_levels: int,
+        batch_size: int, read_threads: int, progress: _Progress,
+    ) -> None:  # fmt: skip
+        self.client, self.settings, self.storm = client, settings, storm
+        self.block_levels, self.batch_size, self.read_threads = (
+            block_levels,
+            batch_size,
+            read_threads,
+        )
+        self.progress = progress
+
+    def run(self, todo: list[Tile], source: Source, summary: FillCounts) -> None:
+        """Compute and store the ``source`` values of ``todo``, adding the counts to
+        ``summary`` (a failed block counts its tiles as failed, the run goes on)."""
+        if not todo:
+            return
+        plugin = prepare_workers(self.client, self.settings)
         futures = {
-            client.submit(
-                fill_block, plugin, storm, block_tiles, batch_size, read_threads,
-                key=f"precompute-{storm}-{model_id}-{b.z}-{b.x}-{b.y}-{time.time_ns()}",
+            self.client.submit(
+                fill_block, plugin, self.storm, block_tiles, self.batch_size, self.read_threads,
+                source,
+                key=f"precompute-{self.storm}-{source.value}-{b.z}-{b.x}-{b.y}-{time.time_ns()}",
                 pure=False,
             ): block_tiles
-            for b, block_tiles in blocks_of(todo, block_levels).items()
+            for b, block_tiles in blocks_of(todo, self.block_levels).items()
         }  # fmt: skip
         for future in as_completed(futures):
             block_tiles = futures[future]
@@ -180,15 +267,7 @@ def precompute_on_cluster(
             except Exception as exc:  # the block's tiles failed, not the run
                 summary.add(FillCounts(failed=len(block_tiles), failures=[_block_failure(
                     block_tiles, exc)]))  # fmt: skip
-            done += len(block_tiles)
-            if progress:
-                progress(done, len(tiles))
-    if progress:
-        progress(len(tiles), len(tiles))
-    lowest = storm_zoom_range(st)[0] if min_zoom is None else min_zoom
-    summary.aggregated = aggregate_levels(store, storm, tiles, zoom, lowest)
-    summary.seconds = time.perf_counter() - start
-    return summary
+            self.progress.advance(len(block_tiles))
 
 
 def _block_failure(tiles: list[Tile], exc: BaseException) -> str:

@@ -14,18 +14,19 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from mercantile import Tile
 
-from iou_maps.chips import ChipReader, ImageryReadError
+from iou_maps.chips import ChipRead, ChipReader, ImageryReadError
 from iou_maps.metric_store import NO_IMAGERY, Entry, stored
-from iou_maps.mosaic import OpenStorms
+from iou_maps.mosaic import OpenStorms, StormBackend
 
 #: How much lower than the API process the inference processes run (``os.nice``).
 INFERENCE_NICENESS = 10
@@ -96,6 +97,16 @@ class LocalComputer:
         self.tiles_computed += len(chips)
         return out
 
+    def stream(
+        self, backend: StormBackend, tiles: Sequence[Tile], pool: Executor, ahead: int
+    ) -> Iterator[ChipRead]:
+        """Chips of ``tiles`` in order, read in ``pool`` ``ahead`` chunks ahead (bulk work)."""
+        return self.reader.stream(backend, tiles, pool, ahead=ahead)
+
+    def infer_reads(self, reads: list[ChipRead]) -> np.ndarray:
+        """Metric vectors of the chips of ``reads`` (one regressor call)."""
+        return self.infer(np.stack([r.chip for r in reads]))  # type: ignore[misc]
+
     def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
         """Read ``tiles`` in the read threads, then infer them in batches of ``max_batch``."""
         out = Computed()
@@ -125,6 +136,8 @@ class LocalComputer:
 # --------------------------------------------------------------------------- worker processes
 
 _worker: LocalComputer | None = None
+_worker_truth: Any = None  # iou_maps.truth.TruthComputer
+_worker_storms: OpenStorms | None = None
 _worker_args: tuple[str, str, int, int] | None = None
 
 
@@ -143,29 +156,60 @@ def _start_worker(data_dir: str, model: str, threads: int, niceness: int) -> Non
     _worker_args = (data_dir, model, threads, niceness)
 
 
+def _storms() -> OpenStorms:
+    """The worker's open storms (shared by its regressor and its segmentation model)."""
+    global _worker_storms
+    if _worker_storms is None:
+        from iou_maps.catalog import Catalog
+
+        assert _worker_args is not None, "not a ProcessComputer worker"
+        _worker_storms = OpenStorms(Catalog(_worker_args[0]))
+    return _worker_storms
+
+
 def _computer() -> LocalComputer:
     global _worker
     if _worker is None:
-        from iou_maps.catalog import Catalog
         from iou_maps.models import load_regressor_model
 
         assert _worker_args is not None, "not a ProcessComputer worker"
         data_dir, model, _threads, _ = _worker_args
         regressor = load_regressor_model(Path(data_dir), model)
-        _worker = LocalComputer(regressor, OpenStorms(Catalog(data_dir)), ChipReader())
+        _worker = LocalComputer(regressor, _storms(), ChipReader())
     return _worker
+
+
+def _truth_computer() -> Any:
+    """The worker's true-metric computer (its segmentation model loads on first use)."""
+    global _worker_truth
+    if _worker_truth is None:
+        from iou_maps.models import truth_segmentation_dir
+        from iou_maps.truth import SegmentationSource, TruthComputer
+
+        assert _worker_args is not None, "not a ProcessComputer worker"
+        data_dir, model, _threads, _ = _worker_args
+        source = SegmentationSource(truth_segmentation_dir(Path(data_dir), model))
+        _worker_truth = TruthComputer(source, _storms())
+    return _worker_truth
 
 
 def _worker_model_id() -> str:
     return _computer().model_id
 
 
-def _worker_compute(storm_name: str, tiles: list[Tile]) -> Computed:
-    computed = _computer().compute(storm_name, tiles)
+def _portable(computed: Computed) -> Computed:
     # The errors travel back by their messages (which name tile, storm and scene): GDAL's
     # exceptions in their causes do not survive pickling.
     computed.failed = {t: ImageryReadError(str(e)) for t, e in computed.failed.items()}
     return computed
+
+
+def _worker_compute(storm_name: str, tiles: list[Tile]) -> Computed:
+    return _portable(_computer().compute(storm_name, tiles))
+
+
+def _worker_truth_compute(storm_name: str, tiles: list[Tile]) -> Computed:
+    return _portable(_truth_computer().compute(storm_name, tiles))
 
 
 class ProcessComputer:
@@ -173,7 +217,8 @@ class ProcessComputer:
     an inference process there, whatever this process did), at ``niceness`` below this one.
 
     ``start()`` loads the model in the workers and returns its id; a worker that dies (out of
-    memory, killed) is replaced and its work submitted once more.
+    memory, killed) is replaced and its work submitted once more. ``truth(model_id)``: the
+    true metrics computed in the same workers (``iou_maps.truth``).
     """
 
     def __init__(
@@ -220,17 +265,29 @@ class ProcessComputer:
         """``compute`` in a worker, as a future."""
         return self._executor().submit(_worker_compute, storm_name, list(tiles))
 
-    def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
-        """Read and infer ``tiles`` in a worker process (waiting for it)."""
+    def run(
+        self, task: Callable[[str, list[Tile]], Computed], storm_name: str, tiles: list[Tile]
+    ) -> Computed:
+        """``task(storm_name, tiles)`` in a worker process (waiting for it; once more in a new
+        worker if that one died)."""
         for attempt in (1, 2):
             pool = self._executor()
             try:
-                return pool.submit(_worker_compute, storm_name, list(tiles)).result()
+                return pool.submit(task, storm_name, list(tiles)).result()
             except BrokenProcessPool:
                 self._restart(pool)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
+        """Read and infer ``tiles`` in a worker process (waiting for it)."""
+        return self.run(_worker_compute, storm_name, tiles)
+
+    def truth(self, model_id: str) -> WorkerTruth:
+        """The true metrics of the segmentation model of id ``model_id``, computed in these
+        workers."""
+        return WorkerTruth(self, model_id)
 
     def close(self) -> None:
         """Stop the worker processes."""
@@ -238,3 +295,18 @@ class ProcessComputer:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class WorkerTruth:
+    """True metric vectors computed in a ``ProcessComputer``'s workers (a ``Computer``)."""
+
+    def __init__(self, processes: ProcessComputer, model_id: str) -> None:
+        self.processes = processes
+        self.model_id = model_id
+
+    def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
+        """Read labels and imagery of ``tiles`` and score the segmentation model, in a worker."""
+        return self.processes.run(_worker_truth_compute, storm_name, tiles)
+
+    def close(self) -> None:
+        """Nothing of its own: the workers are the ``ProcessComputer``'s."""

@@ -62,6 +62,44 @@ def tile_scenes(storm: Storm, tiles: Sequence[Tile]) -> tuple[list[frozenset[str
     return sets, primary
 
 
+def read_chip(
+    images: StormBackend, labels: StormBackend | None, tile: Tile
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The chip of ``tile`` (zeros outside imagery) and, with a ``labels`` backend, its label
+    (NODATA_LABEL where unlabelled or without imagery); None without imagery, or with labels
+    asked for where less than ``MIN_LABELLED_FRACTION`` of the tile is labelled.
+
+    What ``evaluate`` reads for each tile, and the true metric layers too: one reading, one
+    set of numbers.
+    """
+    img = read_tile(images, tile.x, tile.y, tile.z)
+    if img is None:
+        return None
+    mask = np.asarray(img.mask).astype(bool)
+    rgb = pixel_interleaved(img.data)
+    rgb[~mask] = 0
+    if labels is None:
+        return rgb, None
+    lab = read_label_tile(labels, tile.x, tile.y, tile.z)
+    if lab is None:
+        return None
+    lab[~mask] = NODATA_LABEL
+    if (lab != NODATA_LABEL).mean() < MIN_LABELLED_FRACTION:
+        return None
+    return rgb, lab
+
+
+def true_metrics(
+    images: np.ndarray, labels: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(metric vectors (N, 6), predicted class ids (N, H, W)) of a segmentation model's
+    ``predict`` on labelled chips; unlabelled pixels are left out of both."""
+    preds = predict(images) if len(images) else np.zeros(labels.shape, np.uint8)
+    preds = np.asarray(preds).copy()
+    preds[labels == NODATA_LABEL] = NODATA_LABEL
+    return metric_vectors(labels, preds), preds
+
+
 def read_chips(
     storm: Storm,
     zoom: int,
@@ -78,21 +116,8 @@ def read_chips(
     labels_backend = StormBackend(storm, labels=True) if labelled else None
 
     def one(t: Tile) -> tuple[Tile, np.ndarray, np.ndarray | None] | None:
-        img = read_tile(images_backend, t.x, t.y, t.z)
-        if img is None:
-            return None
-        mask = np.asarray(img.mask).astype(bool)
-        rgb = pixel_interleaved(img.data)
-        rgb[~mask] = 0
-        lab = None
-        if labels_backend is not None:
-            lab = read_label_tile(labels_backend, t.x, t.y, t.z)
-            if lab is None:
-                return None
-            lab[~mask] = NODATA_LABEL
-            if (lab != NODATA_LABEL).mean() < MIN_LABELLED_FRACTION:
-                return None
-        return t, rgb, lab
+        got = read_chip(images_backend, labels_backend, t)
+        return None if got is None else (t, *got)
 
     kept: list[tuple[Tile, np.ndarray, np.ndarray | None]] = []
     with ThreadPoolExecutor(threads) as pool:
@@ -131,10 +156,7 @@ def evaluate_chips(chips: ChipSet, predict: Callable[[np.ndarray], np.ndarray]) 
     """True metrics of a segmentation model on labelled chips → GeoParquet-ready table."""
     if chips.labels is None:
         raise ValueError("evaluation needs labelled chips")
-    preds = predict(chips.images) if len(chips) else np.zeros((0, 256, 256), np.uint8)
-    preds = np.asarray(preds).copy()
-    preds[chips.labels == NODATA_LABEL] = NODATA_LABEL
-    vectors = metric_vectors(chips.labels, preds)
+    vectors, preds = true_metrics(chips.images, chips.labels, predict)
     lab_frac = class_fractions(chips.labels)
     pred_frac = class_fractions(preds)
     cols = tiles_frame(chips.storm, chips.tiles, chips.scenes, chips.primary_scene)

@@ -14,6 +14,12 @@ framing instead of a whole key (~100 B). A value packs the 6 metrics as uint16 (
 1.5e-5; 65535 means NaN, e.g. an absent class) and, for aggregated lower zooms, the number of
 analysis tiles behind the mean. An empty value marks "no imagery here" so it is not recomputed.
 The model id is in every key: a new model never serves an old model's numbers.
+
+Each kind of value has its own key space (``namespace``, ``iou`` above): the predicted
+metrics (``iou``, keyed by the regressor's model id), the true metrics (``iou-true``, keyed by
+the segmentation model's id: they do not depend on the regressor) and the aggregates of the
+error layer (``iou-error``, keyed by both). Locks and counters follow (``<namespace>-lock``,
+``<namespace>-counters``).
 """
 
 from __future__ import annotations
@@ -89,23 +95,30 @@ def stored(values: np.ndarray) -> np.ndarray:
     return entry.values
 
 
-def _key_field(model_id: str, storm: str, tile: Tile) -> tuple[str, int]:
-    key = f"iou:{model_id}:{storm}:{tile.z}:{tile.x // BUCKET}:{tile.y // BUCKET}"
+#: Key space of the predicted metrics (the others: iou_maps.truth).
+PREDICTED_NAMESPACE = "iou"
+
+
+def _key_field(namespace: str, model_id: str, storm: str, tile: Tile) -> tuple[str, int]:
+    key = f"{namespace}:{model_id}:{storm}:{tile.z}:{tile.x // BUCKET}:{tile.y // BUCKET}"
     return key, (tile.y % BUCKET) * BUCKET + tile.x % BUCKET
 
 
 class MetricStore:
-    """Bulk access to cached metric vectors of one model."""
+    """Bulk access to cached metric vectors of one model, in the key space ``namespace``."""
 
-    def __init__(self, client: redis.Redis, model_id: str) -> None:
+    def __init__(
+        self, client: redis.Redis, model_id: str, namespace: str = PREDICTED_NAMESPACE
+    ) -> None:
         self.client = client
         self.model_id = model_id
+        self.namespace = namespace
 
     def get_many(self, storm: str, tiles: Iterable[Tile]) -> dict[Tile, Entry]:
         """Cached entries of ``tiles`` (absent from the result: not cached). One round trip."""
         by_key: dict[str, list[tuple[int, Tile]]] = {}
         for t in tiles:
-            key, field = _key_field(self.model_id, storm, t)
+            key, field = _key_field(self.namespace, self.model_id, storm, t)
             by_key.setdefault(key, []).append((field, t))
         if not by_key:
             return {}
@@ -128,7 +141,7 @@ class MetricStore:
         """Store entries; each hash field is written atomically (no half-written values)."""
         by_key: dict[str, dict[int, bytes]] = {}
         for tile, entry in entries.items():
-            key, field = _key_field(self.model_id, storm, tile)
+            key, field = _key_field(self.namespace, self.model_id, storm, tile)
             by_key.setdefault(key, {})[field] = pack(entry.values, entry.count)
         if not by_key:
             return
@@ -153,7 +166,7 @@ class MetricStore:
         after ``LOCK_SECONDS`` if the holder dies. Any thread may release it.
         """
         z, bx, by = block
-        name = f"iou-lock:{self.model_id}:{storm}:{z}:{bx}:{by}"
+        name = f"{self.namespace}-lock:{self.model_id}:{storm}:{z}:{bx}:{by}"
         return self.client.lock(name, timeout=LOCK_SECONDS, blocking=False, thread_local=False)
 
     def locked(self, storm: str, block: tuple[int, int, int]) -> bool:
@@ -162,7 +175,7 @@ class MetricStore:
 
     @property
     def _counters_key(self) -> str:
-        return f"iou-counters:{self.model_id}"
+        return f"{self.namespace}-counters:{self.model_id}"
 
     def count(self, model_calls: int, tiles: int) -> None:
         """Add to the counters every process shares (model calls, tiles computed)."""
@@ -185,7 +198,9 @@ class MetricStore:
     def delete_storm(self, storm: str) -> int:
         """Drop every cached value of this model for a storm (``precompute --refresh``)."""
         n = 0
-        for key in self.client.scan_iter(match=f"iou:{self.model_id}:{storm}:*", count=1000):
+        for key in self.client.scan_iter(
+            match=f"{self.namespace}:{self.model_id}:{storm}:*", count=1000
+        ):
             n += int(self.client.delete(key))
         return n
 

@@ -64,3 +64,26 @@ def regressor_metadata(data_dir: Path, name: str) -> dict:
         return dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise ModelNotFound(f"{path} is not valid JSON: {exc}") from None
+
+
+def truth_segmentation_dir(data_dir: Path, name: str) -> Path:
+    """The segmentation model of model ``name``'s true metrics: the one its regressor was cut
+    from (``segmentation`` in its metadata), else the model's own segmentation part.
+
+    ModelNotFound if there is none (the predicted metrics need only the regressor)."""
+    candidates = []
+    try:
+        cut_from = regressor_metadata(data_dir, name).get("segmentation")
+    except ModelNotFound:
+        cut_from = None
+    if isinstance(cut_from, str) and MODEL_NAME_RE.fullmatch(cut_from):
+        candidates.append(segmentation_dir(data_dir, cut_from))
+    candidates.append(segmentation_dir(data_dir, name))
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise ModelNotFound(
+        f"no segmentation model for the true metrics of model {name!r} (looked in "
+        + ", ".join(str(p) for p in candidates)
+        + ")"
+    )

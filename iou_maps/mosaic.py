@@ -66,12 +66,14 @@ class SceneReadError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedStorm:
-    """A storm and the mosaic backend of its scenes, as loaded from its footprints file."""
+    """A storm and the mosaic backends of its scenes (and of its labels, None without any),
+    as loaded from its footprints file."""
 
     storm: Storm
     backend: StormBackend
     footprints_path: str
     mtime: float
+    labels: StormBackend | None = None
 
 
 class OpenStorms:
@@ -95,8 +97,9 @@ class OpenStorms:
                 pass  # removed: the catalog says what is wrong
         storm = self.catalog.storm(storm_name)
         path = str(storm.footprints_path)
+        labels = StormBackend(storm, labels=True, scenes=self.scenes) if storm.has_labels else None
         loaded = LoadedStorm(
-            storm, StormBackend(storm, scenes=self.scenes), path, os.stat(path).st_mtime
+            storm, StormBackend(storm, scenes=self.scenes), path, os.stat(path).st_mtime, labels
         )
         self._loaded[storm_name] = loaded
         return loaded

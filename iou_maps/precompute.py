@@ -6,6 +6,10 @@ goes to a writer thread. On a Dask cluster (``iou_maps.cluster``) every worker r
 pipeline (``fill``) on blocks of tiles. Every value is written atomically (one hash field), so
 a killed run leaves only whole values behind; a re-run skips what is cached for this model id
 and finishes the job. ``refresh=True`` recomputes everything.
+
+``source=true`` fills the true metrics instead (``iou_maps.truth``: the segmentation model on
+the labelled tiles), then the error layer: the predicted values of the tiles that have a true
+value (where they are not cached yet) and the mean absolute errors of the lower zooms.
 """
 
 from __future__ import annotations
@@ -14,19 +18,20 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import mercantile
 import numpy as np
 import shapely
 from mercantile import Tile
 
 from iou_maps.catalog import Storm
-from iou_maps.compute import LocalComputer
-from iou_maps.engine import MetricEngine
-from iou_maps.grid import aggregate, tiles_intersecting
+from iou_maps.chips import ChipRead
+from iou_maps.classes import Source
+from iou_maps.engine import MetricEngine, abs_errors
+from iou_maps.grid import tiles_intersecting
 from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
 from iou_maps.mosaic import StormBackend, storm_zoom_range
 
@@ -67,9 +72,13 @@ class PrecomputeSummary(FillCounts):
 
     storm: str = ""
     model_id: str = ""
+    source: str = Source.predicted.value
     total: int = 0
     already_cached: int = 0
     aggregated: int = 0
+    #: ``source=true``: predicted values computed for the error layer, its aggregates written.
+    error_predictions: int = 0
+    error_aggregated: int = 0
     seconds: float = 0.0
 
     @property
@@ -81,9 +90,15 @@ class PrecomputeSummary(FillCounts):
 Progress = Callable[[int, int], None]  # (tiles done now, total) after each batch
 
 
-def tiles_of(storm: Storm, zoom: int, bbox: Sequence[float] | None = None) -> list[Tile]:
-    """Analysis tiles at ``zoom`` under the storm's footprints (and inside ``bbox`` W,S,E,N)."""
-    area = storm.coverage
+def tiles_of(
+    storm: Storm,
+    zoom: int,
+    bbox: Sequence[float] | None = None,
+    source: Source = Source.predicted,
+) -> list[Tile]:
+    """Analysis tiles at ``zoom`` under the storm's footprints (for true values: under its
+    labelled scenes), and inside ``bbox`` W,S,E,N if given."""
+    area = MetricEngine.area(storm, source)
     if bbox is not None:
         w, s, e, n = bbox
         if not (w < e and s < n):
@@ -125,8 +140,22 @@ def _yield_to_inference() -> None:
         pass
 
 
+class FillComputer(Protocol):
+    """What ``fill`` drives: a ``LocalComputer`` (predicted values) or a ``TruthComputer``."""
+
+    def stream(
+        self, backend: StormBackend, tiles: Sequence[Tile], pool: Executor, ahead: int
+    ) -> Iterator[ChipRead]:
+        """Chips of ``tiles`` in order, read in ``pool``."""
+        ...
+
+    def infer_reads(self, reads: list[ChipRead]) -> np.ndarray:
+        """Metric vectors of a batch of read chips."""
+        ...
+
+
 def fill(
-    computer: LocalComputer,
+    computer: FillComputer,
     backend: StormBackend,
     tiles: Sequence[Tile],
     write: Callable[[dict[Tile, Entry]], None],
@@ -141,11 +170,11 @@ def fill(
     counts = FillCounts()
     writes: deque[Future[None]] = deque()
 
-    def flush(batch: list[tuple[Tile, np.ndarray]], entries: dict[Tile, Entry]) -> None:
+    def flush(batch: list[ChipRead], entries: dict[Tile, Entry]) -> None:
         if batch:
-            values = computer.infer(np.stack([c for _, c in batch]))
+            values = computer.infer_reads(batch)
             counts.model_calls += 1
-            entries.update((t, Entry(v, 1)) for (t, _), v in zip(batch, values, strict=True))
+            entries.update((r.tile, Entry(v, 1)) for r, v in zip(batch, values, strict=True))
             counts.computed += len(batch)
         while writes and writes[0].done():
             writes.popleft().result()
@@ -159,10 +188,10 @@ def fill(
         ) as pool,
         ThreadPoolExecutor(1, thread_name_prefix="precompute-write") as writer,
     ):
-        batch: list[tuple[Tile, np.ndarray]] = []
+        batch: list[ChipRead] = []
         entries: dict[Tile, Entry] = {}
         pending = 0  # tiles read since the last write
-        for read in computer.reader.stream(backend, tiles, pool, ahead=2 * max(1, workers)):
+        for read in computer.stream(backend, tiles, pool, 2 * max(1, workers)):
             pending += 1
             if read.error is not None:
                 counts.failed += 1
@@ -172,7 +201,7 @@ def fill(
                 entries[read.tile] = NO_IMAGERY
                 counts.no_imagery += 1
             else:
-                batch.append((read.tile, read.chip))
+                batch.append(read)
             if len(batch) >= batch_size or len(entries) >= batch_size:
                 flush(batch, entries)
                 if advance:
@@ -190,6 +219,7 @@ def precompute(
     engine: MetricEngine,
     storm: str,
     *,
+    source: Source = Source.predicted,
     bbox: Sequence[float] | None = None,
     batch_size: int = 64,
     workers: int = 4,
@@ -197,69 +227,142 @@ def precompute(
     min_zoom: int | None = None,
     progress: Progress | None = None,
 ) -> PrecomputeSummary:
-    """Compute and cache every analysis tile of ``storm`` in this process, then the lower-zoom
-    aggregates."""
+    """Compute and cache every analysis tile of ``storm`` (``source``: predicted or true
+    values) in this process, then the lower-zoom aggregates (for ``true``: also the error
+    layer's)."""
+    if source is Source.error:
+        raise ValueError("precompute fills predicted or true values (true: the error layer too)")
     if engine.store is None or not engine.store.ping():
         raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
-    store = engine.store
-    loaded = engine.storm(storm)
+    loaded = engine.check_source(storm, source)
+    channel = engine.channel(source)
+    store = channel.store
+    assert store is not None
     start = time.perf_counter()
-    tiles = tiles_of(loaded.storm, engine.analysis_zoom, bbox)
-    summary = PrecomputeSummary(storm=storm, model_id=engine.model_id, total=len(tiles))
+    tiles = tiles_of(loaded.storm, engine.analysis_zoom, bbox, source)
+    summary = PrecomputeSummary(
+        storm=storm, model_id=channel.computer.model_id, source=source.value, total=len(tiles)
+    )
     todo, summary.already_cached = (list(tiles), 0) if refresh else uncached(store, storm, tiles)
     done = [summary.already_cached]
+    total = [len(tiles)]
     if progress:
-        progress(done[0], len(tiles))
+        progress(done[0], total[0])
 
     def advance(n: int) -> None:
         done[0] += n
         if progress:
-            progress(done[0], len(tiles))
+            progress(done[0], total[0])
 
     counts = fill(
-        engine.local(), loaded.backend, todo, lambda entries: store.set_many(storm, entries),
+        engine.local_computer(source), loaded.backend, todo,
+        lambda entries: store.set_many(storm, entries),
         batch_size=batch_size, workers=workers, advance=advance,
     )  # fmt: skip
     summary.add(counts)
     store.count(counts.model_calls, counts.computed)
-    if progress:
-        progress(len(tiles), len(tiles))
     lowest = storm_zoom_range(loaded.storm)[0] if min_zoom is None else min_zoom
     summary.aggregated = aggregate_levels(store, storm, tiles, engine.analysis_zoom, lowest)
+    if source is Source.true:
+        pred_store, error_store = engine.store, engine.error_store
+        assert error_store is not None
+        # The error layer needs a prediction wherever there is a true value.
+        need, _ = uncached(pred_store, storm, with_values(store, storm, tiles))
+        total[0] += len(need)
+        more = fill(
+            engine.local(), loaded.backend, need,
+            lambda entries: pred_store.set_many(storm, entries),
+            batch_size=batch_size, workers=workers, advance=advance,
+        )  # fmt: skip
+        summary.add(more)
+        summary.error_predictions = more.computed
+        pred_store.count(more.model_calls, more.computed)
+        summary.error_aggregated = aggregate_levels(
+            error_store, storm, tiles, engine.analysis_zoom, lowest,
+            leaves=error_leaves(pred_store, store, storm),
+        )  # fmt: skip
+    if progress:
+        progress(total[0], total[0])
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def aggregate_levels(
-    store: MetricStore, storm: str, tiles: Sequence[Tile], analysis_zoom: int, lowest_zoom: int
-) -> int:
-    """Write the mean (with its count) of each parent's cached children, level by level, from
-    ``analysis_zoom`` - 1 down to ``lowest_zoom``.
+def with_values(store: MetricStore, storm: str, tiles: Sequence[Tile]) -> list[Tile]:
+    """The tiles that have a value (not the "no value" marker) in ``store``."""
+    out = []
+    for i in range(0, len(tiles), LOOKUP_CHUNK):
+        got = store.get_many(storm, tiles[i : i + LOOKUP_CHUNK])
+        out.extend(t for t, e in got.items() if e.has_imagery)
+    return out
 
-    Parents whose children have no imagery get the "no imagery" marker, so every cell of every
-    metric tile down to ``lowest_zoom`` is then answered from the cache.
+
+def error_leaves(
+    pred: MetricStore, true: MetricStore, storm: str
+) -> Callable[[list[Tile]], dict[Tile, Entry]]:
+    """Reads |predicted − true| of analysis tiles from the two stores (``abs_errors``)."""
+
+    def read(tiles: list[Tile]) -> dict[Tile, Entry]:
+        t = true.get_many(storm, tiles)
+        return abs_errors(pred.get_many(storm, [k for k, e in t.items() if e.has_imagery]), t)
+
+    return read
+
+
+def aggregate_levels(
+    store: MetricStore,
+    storm: str,
+    tiles: Sequence[Tile],
+    analysis_zoom: int,
+    lowest_zoom: int,
+    leaves: Callable[[list[Tile]], dict[Tile, Entry]] | None = None,
+) -> int:
+    """Write, for every ancestor of ``tiles`` from ``analysis_zoom`` - 1 down to
+    ``lowest_zoom``, the mean of the analysis tiles' values under it with the number of those
+    that have values; ``leaves`` reads the analysis tiles' values (default: from ``store``; the
+    error layer's: |predicted − true| from their stores).
+
+    Each metric is averaged over the tiles where it is defined (a class absent from a tile
+    does not pull its IoU towards 0), and over the analysis tiles themselves at every level:
+    means of means would weigh a class by the tiles that have any value, not by those that
+    have it. Parents whose children have no imagery get the "no imagery" marker, so every cell
+    of every metric tile down to ``lowest_zoom`` is then answered from the cache.
     """
-    level_tiles = sorted(set(tiles))
+    tiles = sorted(set(tiles))
+    read = leaves if leaves is not None else (lambda part: store.get_many(storm, part))
+    entries: dict[Tile, Entry] = {}
+    for i in range(0, len(tiles), LOOKUP_CHUNK):
+        entries.update(read(tiles[i : i + LOOKUP_CHUNK]))
+    known = [t for t in tiles if t in entries and entries[t].has_imagery]
+    values = np.array([entries[t].values for t in known], np.float64).reshape(len(known), -1)
+    defined = ~np.isnan(values)
+    summed = np.where(defined, values, 0.0)
+    every = np.array([(t.x, t.y) for t in tiles], np.int64).reshape(-1, 2)
+    with_values = np.array([(t.x, t.y) for t in known], np.int64).reshape(-1, 2)
     written = 0
-    for z in range(analysis_zoom, lowest_zoom, -1):
-        parents = sorted({mercantile.parent(t) for t in level_tiles})
-        children = [c for p in parents for c in mercantile.children(p)]
-        entries: dict[Tile, Entry] = {}
-        for i in range(0, len(children), LOOKUP_CHUNK):
-            entries.update(store.get_many(storm, children[i : i + LOOKUP_CHUNK]))
-        with_values = [c for c in children if c in entries and entries[c].has_imagery]
-        agg = aggregate(
-            with_values,
-            np.array([entries[c].values for c in with_values]).reshape(len(with_values), -1),
-            np.array([entries[c].count for c in with_values]),
+    for z in range(analysis_zoom - 1, lowest_zoom - 1, -1):
+        shift = analysis_zoom - z
+        parents = np.unique(every >> shift, axis=0)
+        # Which parent each analysis tile with values falls in (parents are sorted rows).
+        at = np.searchsorted(
+            parents[:, 0] * (1 << z) + parents[:, 1],
+            (with_values[:, 0] >> shift) * (1 << z) + (with_values[:, 1] >> shift),
         )
+        sums = np.zeros((len(parents), values.shape[1]))
+        counts = np.zeros((len(parents), values.shape[1]))
+        tiles_with_values = np.zeros(len(parents), np.int64)
+        np.add.at(sums, at, summed)
+        np.add.at(counts, at, defined)
+        np.add.at(tiles_with_values, at, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (sums / counts).astype(np.float32)
         out: dict[Tile, Entry] = {
-            p: Entry(agg[p][0], agg[p][1]) if p in agg else NO_IMAGERY for p in parents
+            Tile(int(px), int(py), z): (
+                Entry(means[i], int(tiles_with_values[i])) if tiles_with_values[i] else NO_IMAGERY
+            )
+            for i, (px, py) in enumerate(parents)
         }
-        for i in range(0, len(parents), LOOKUP_CHUNK):
-            part = parents[i : i + LOOKUP_CHUNK]
-            store.set_many(storm, {p: out[p] for p in part})
+        keys = list(out)
+        for i in range(0, len(keys), LOOKUP_CHUNK):
+            store.set_many(storm, {p: out[p] for p in keys[i : i + LOOKUP_CHUNK]})
         written += len(parents)
-        level_tiles = parents
-        assert all(p.z == z - 1 for p in parents)
     return written

@@ -5,9 +5,10 @@ Routes::
     /                                    viewer (Leaflet, served from /static)
     /healthz                             Redis / model status
     /storms, /storms/{storm}             catalog
-    /storms/{storm}/point/{lon},{lat}    metric vector at a coordinate
+    /storms/{storm}/point/{lon},{lat}    metric vectors at a coordinate (predicted, true)
+    /storms/{storm}/summary              cached tiles, mIoU histogram, regressor vs truth
     /storms/{storm}/imagery/...          titiler.mosaic: tiles, TileJSON, WMTS, point, info
-    /storms/{storm}/metrics/{metric}/... metric tiles, TileJSON (+ legend), WMTS
+    /storms/{storm}/metrics/{metric}/... metric tiles, TileJSON (+ legend), WMTS (?source=)
     /tileMatrixSets, /colorMaps          titiler's TMS and colormap endpoints
 """
 
@@ -27,11 +28,10 @@ from starlette.templating import Jinja2Templates
 from titiler.core.factory import ColorMapFactory, TMSFactory
 
 from iou_maps import runtime
-from iou_maps.classes import METRICS
+from iou_maps.classes import METRICS, Source
 from iou_maps.config import Settings
 from iou_maps.engine import MetricEngine, open_engine
 from iou_maps.mosaic import SceneReader, StormBackend
-from iou_maps.render import DEFAULT_COLORMAP
 from iou_maps.tile_cache import TileCache, connect_tile_cache
 from service import openapi
 from service.admission import ComputeQueue
@@ -155,8 +155,8 @@ def create_app(
             "index.html",
             {
                 "metrics": METRICS,
+                "sources": [s.value for s in Source],
                 "colormaps": sorted(cached_cmap.list()),
-                "default_colormap": DEFAULT_COLORMAP,
             },
         )
 

@@ -23,7 +23,7 @@ from rio_tiler.types import ColorMapType, RIOResampling
 from titiler.core.dependencies import DefaultDependency
 
 from iou_maps.catalog import STORM_NAME_RE, Storm
-from iou_maps.classes import METRICS
+from iou_maps.classes import METRICS, Source
 from iou_maps.engine import MetricEngine
 from iou_maps.grid import MAX_ZOOM, validate_tile
 from iou_maps.mosaic import FirstFill
@@ -323,6 +323,24 @@ async def MetricParams(
 ) -> str:
     """The metric layer named in the path (FastAPI answers 422 naming the valid ones)."""
     return str(metric)
+
+
+async def SourceParams(
+    source: Annotated[
+        Source,
+        Query(
+            description=(
+                "Where the values come from: predicted (the regressor, everywhere), true (the "
+                "segmentation model against the storm's labels, where labelled) or error "
+                "(predicted − true; its lower-zoom aggregates are the mean absolute error). "
+                "true and error answer 404 for a storm without labels."
+            )
+        ),
+    ] = Source.predicted,
+) -> Source:
+    """The source of a metric layer or point lookup (FastAPI answers 422 naming the valid
+    ones)."""
+    return Source(source)
 
 
 def _index_schema(maximum: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from iou_maps.catalog import InvalidStormName, StormNotFound
 from iou_maps.engine import ImageryReadError, OutsideStorm
 from iou_maps.models import ModelNotFound
 from iou_maps.mosaic import NoSceneAt, SceneReadError
+from iou_maps.truth import NoLabels
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     InvalidStormName: 422,
     StormNotFound: 404,
     OutsideStorm: 404,
+    NoLabels: 404,  # true/error values of a storm without labels
     ImageryReadError: 500,
     SceneReadError: 500,
     ModelNotFound: 503,

@@ -4,8 +4,9 @@
   parameters that mean something for RGB scenes, each bounded, and without the endpoints that
   would expose server file paths.
 - ``MetricTilerFactory``: metric tiles (PNG/WebP colour-mapped, GeoTIFF/NPY raw), TileJSON with a
-  legend and WMTS capabilities of one metric layer.
-- ``StormsFactory``: storm list/detail and the metric point lookup.
+  legend and WMTS capabilities of one metric layer, of one source (``?source=``: predicted,
+  true or error).
+- ``StormsFactory``: storm list/detail, the metric point lookup and the storm summary.
 - ``HealthFactory``: ``/healthz``.
 """
 
@@ -36,13 +37,14 @@ from titiler.mosaic.extensions.wmts import wmtsExtension
 from titiler.mosaic.factory import MosaicTilerFactory
 
 from iou_maps.catalog import Storm
-from iou_maps.classes import METRICS
-from iou_maps.engine import MetricEngine, TileGrid
+from iou_maps.classes import METRICS, Source
+from iou_maps.engine import GRID_LEVELS, MetricEngine, TileGrid, difference
 from iou_maps.mosaic import metric_zoom_range
 from iou_maps.render import (
-    DEFAULT_COLORMAP,
     WEB_MERCATOR,
     MetricFormat,
+    default_colormap,
+    default_rescale,
     encode_metric_tile,
     legend_stops,
 )
@@ -60,6 +62,7 @@ from service.dependencies import (
     NoParams,
     PointCRSParams,
     RenderParams,
+    SourceParams,
     TileCoordsParams,
     TileSizeParams,
     WMTSZoomsParams,
@@ -71,19 +74,26 @@ from service.http_cache import Validator, cells_digest
 from service.models import (
     AnalysisTile,
     Health,
+    HistogramBin,
     LegendStop,
     Link,
+    MetricAccuracy,
     MetricTileJSON,
     PointMetrics,
     StormInfo,
     StormList,
+    StormSummary,
+    TileCounts,
 )
 
 #: Content-Crs of every metric tile (the analysis grid is Web Mercator).
 WEB_MERCATOR_URI = f"<{CRS_to_uri(WEB_MERCATOR)}>"
 
 #: Response headers of a metric tile (exposed to browsers through CORS).
-METRIC_HEADERS = ("X-IoU-Missing", "X-IoU-Cached", "X-IoU-Computed", "X-IoU-Model", "X-IoU-Cache")
+METRIC_HEADERS = (
+    "X-IoU-Missing", "X-IoU-Cached", "X-IoU-Computed", "X-IoU-Model", "X-IoU-Cache",
+    "X-IoU-Source",
+)  # fmt: skip
 #: The metric tile route (its endpoint validates itself: its ETag hashes the cells it read).
 METRIC_TILE_PATH = "/{metric}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}"
 
@@ -98,12 +108,36 @@ def zoom_range(engine: MetricEngine, storm: Storm) -> tuple[int, int]:
     return metric_zoom_range(engine.storm(storm.name).storm, engine.analysis_zoom)
 
 
-def _rescale(render_params: DefaultDependency) -> tuple[float, float]:
+def _rescale(
+    render_params: DefaultDependency, source: Source = Source.predicted
+) -> tuple[float, float]:
     rescale = getattr(render_params, "rescale", None)
     if rescale:
         lo, hi = rescale[0]
         return float(lo), float(hi)
-    return 0.0, 1.0
+    return default_rescale(source)
+
+
+#: What a metric layer of each source shows, for TileJSON descriptions.
+SOURCE_TITLES = {
+    Source.predicted: "Predicted",
+    Source.true: "True",
+    Source.error: "Error (predicted − true; mean absolute error at lower zooms) of the",
+}
+
+
+def layer_name(storm: Storm, metric: str, source: Source) -> str:
+    """The name of a metric layer (the predicted one keeps its plain name)."""
+    suffix = "" if source is Source.predicted else f" {source.value}"
+    return f"{storm.name} {metric}{suffix}"
+
+
+def metric_values(values: object) -> dict[str, float | None]:
+    """A metric vector as JSON: null where undefined (NaN)."""
+    return {
+        m: (None if math.isnan(float(v)) else float(v))
+        for m, v in zip(METRICS, values, strict=True)  # type: ignore[call-overload]
+    }
 
 
 def _scopes(*paths: str) -> list[EndpointScope]:
@@ -190,6 +224,7 @@ class MetricTilerFactory(BaseFactory):
     path_dependency: Callable[..., Storm | Awaitable[Storm]]
     budget_dependency: Callable[..., int | Awaitable[int]]
     metric_dependency: Callable[..., str | Awaitable[str]] = MetricParams
+    source_dependency: Callable[..., Source | Awaitable[Source]] = SourceParams
     tile_dependency: Callable[..., Tile | Awaitable[Tile]] = TileCoordsParams
     colormap_dependency: Callable[..., Awaitable[ColorMapType | None]] = ColorMapParams
     render_dependency: Callable[..., Awaitable[DefaultDependency]] = RenderParams
@@ -199,7 +234,6 @@ class MetricTilerFactory(BaseFactory):
     #: On-demand computation's admission (shared with the point lookup).
     queue: ComputeQueue = field(factory=lambda: ComputeQueue(256))
     supported_tms: TileMatrixSets = SUPPORTED_TMS
-    default_colormap: str = DEFAULT_COLORMAP
     wmts_templates: Jinja2Templates = field(default=WMTS_TEMPLATES)
 
     def register_routes(self) -> None:
@@ -207,8 +241,9 @@ class MetricTilerFactory(BaseFactory):
         self.tilejson()
         self.wmts()
 
-    def _colormap(self, colormap: ColorMapType | None) -> ColorMapType:
-        return colormap if colormap is not None else cached_cmap.get(self.default_colormap)
+    @staticmethod
+    def _colormap(colormap: ColorMapType | None, source: Source) -> ColorMapType:
+        return colormap if colormap is not None else cached_cmap.get(default_colormap(source))
 
     def _render(
         self,
@@ -239,8 +274,9 @@ class MetricTilerFactory(BaseFactory):
             "X-IoU-Missing": str(grid.missing),
             "X-IoU-Cached": str(grid.cached),
             "X-IoU-Computed": str(grid.computed),
-            "X-IoU-Model": self.engine.model_id,
+            "X-IoU-Model": self.engine.source_id(grid.source),
             "X-IoU-Cache": "ok" if grid.cache_ok else "unavailable",
+            "X-IoU-Source": grid.source.value,
             "Content-Bbox": ",".join(map(str, mercantile.xy_bounds(tile))),
             "Content-Crs": WEB_MERCATOR_URI,
         }
@@ -263,10 +299,11 @@ class MetricTilerFactory(BaseFactory):
         rescale: tuple[float, float],
         compute: bool,
         validator: Validator | None = None,
+        source: Source = Source.predicted,
     ) -> Response | TileGrid:
         """The response of a metric tile (in a worker thread); without ``compute``, from the
         cache alone, or the grid if some of it must be computed first."""
-        grid: TileGrid = self.engine.tile_grid(storm.name, tile, budget if compute else 0)
+        grid = self.engine.tile_grid(storm.name, tile, budget if compute else 0, source)
         if not compute and grid.missing and budget > 0:
             return grid
         return self._render(grid, metric, format, cmap, rescale, validator=validator)
@@ -292,8 +329,10 @@ class MetricTilerFactory(BaseFactory):
                         "1-band float32 values, NaN without a value (no scene under the whole "
                         "tile: 204 No Content instead). Headers: X-IoU-Missing "
                         "(analysis tiles left out over the budget), X-IoU-Cached, "
-                        "X-IoU-Computed, X-IoU-Model, X-IoU-Cache (ok|unavailable); ETag and "
-                        "a long Cache-Control on a complete tile, no-store on an incomplete one."
+                        "X-IoU-Computed (for error: values of both sources), X-IoU-Model "
+                        "(the id of the model(s) behind the values), X-IoU-Cache "
+                        "(ok|unavailable), X-IoU-Source; ETag and a long Cache-Control on a "
+                        "complete tile, no-store on an incomplete one."
                     ),
                 },
             },
@@ -303,6 +342,7 @@ class MetricTilerFactory(BaseFactory):
             format: Annotated[MetricFormat, Path(description="png, webp, tif or npy.")],
             storm: Annotated[Storm, Depends(self.path_dependency)],
             metric: Annotated[str, Depends(self.metric_dependency)],
+            source: Annotated[Source, Depends(self.source_dependency)],
             tile: Annotated[Tile, Depends(self.tile_dependency)],
             budget: Annotated[int, Depends(self.budget_dependency)],
             colormap: Annotated[ColorMapType | None, Depends(self.colormap_dependency)],
@@ -317,7 +357,9 @@ class MetricTilerFactory(BaseFactory):
                     status_code=422,
                     detail=f"zoom {tile.z} outside {minzoom}..{maxzoom} for storm {storm.name!r}",
                 )
-            if not engine.storm(storm.name).backend.assets_for_tile(tile.x, tile.y, tile.z):
+            loaded = engine.check_source(storm.name, source)  # NoLabels: 404
+            scenes = loaded.backend if source is Source.predicted else loaded.labels
+            if scenes is None or not scenes.assets_for_tile(tile.x, tile.y, tile.z):
                 # No scene under it, as for the imagery: a fact of this catalogue version.
                 if validator is None:
                     return Response(status_code=204)
@@ -327,16 +369,24 @@ class MetricTilerFactory(BaseFactory):
                 )
             # What the cache holds first: one hop to a worker thread (a plain ``def`` endpoint
             # cost FastAPI twice this hop's overhead), no model.
-            args = (storm, metric, tile, budget, format, self._colormap(colormap))
-            rescale = _rescale(render_params)
-            got = await to_thread.run_sync(self._draw_tile, *args, rescale, False, validator)
+            args = (storm, metric, tile, budget, format, self._colormap(colormap, source))
+            rescale = _rescale(render_params, source)
+            got = await to_thread.run_sync(
+                self._draw_tile, *args, rescale, False, validator, source
+            )
             if isinstance(got, Response):
                 return got
             # Then the model, through the compute queue: its waits never hold the threads
             # that cached reads use; over the queue's limit, what is cached now.
             try:
                 return await self.queue.run(
-                    min(got.missing, budget), self._draw_tile, *args, rescale, True, validator
+                    min(got.missing, budget),
+                    self._draw_tile,
+                    *args,
+                    rescale,
+                    True,
+                    validator,
+                    source,
                 )
             except Busy as busy:
                 return await to_thread.run_sync(
@@ -358,6 +408,7 @@ class MetricTilerFactory(BaseFactory):
             tileMatrixSetId: TMSId,
             storm: Annotated[Storm, Depends(self.path_dependency)],
             metric: Annotated[str, Depends(self.metric_dependency)],
+            source: Annotated[Source, Depends(self.source_dependency)],
             colormap: Annotated[ColorMapType | None, Depends(self.colormap_dependency)],
             render_params: Annotated[DefaultDependency, Depends(self.render_dependency)],
             budget: Annotated[int, Depends(self.budget_dependency)],
@@ -366,6 +417,7 @@ class MetricTilerFactory(BaseFactory):
             ] = MetricFormat.png,
         ) -> MetricTileJSON:
             """TileJSON 3.0 of one metric layer; ``legend_stops`` gives the colour scale."""
+            engine.check_source(storm.name, source)  # NoLabels: 404
             minzoom, maxzoom = zoom_range(engine, storm)
             url = self.url_for(
                 request,
@@ -380,25 +432,27 @@ class MetricTilerFactory(BaseFactory):
             qs = [(k, v) for k, v in request.query_params.multi_items() if k != "tile_format"]
             if qs:
                 url += f"?{urlencode(qs)}"
-            vmin, vmax = _rescale(render_params)
+            vmin, vmax = _rescale(render_params, source)
             name = request.query_params.get("colormap_name")
             if colormap is None and not request.query_params.get("colormap"):
-                name = self.default_colormap
+                name = default_colormap(source)
             return MetricTileJSON(
-                name=f"{storm.name} {metric}",
-                description=f"Predicted {metric} of storm {storm.name!r} (model {engine.model_id})",
+                name=layer_name(storm, metric, source),
+                description=f"{SOURCE_TITLES[source]} {metric} of storm {storm.name!r} "
+                f"(model {engine.source_id(source)})",
                 tiles=[url],
                 minzoom=minzoom,
                 maxzoom=maxzoom,
                 bounds=list(storm.bounds),
                 metric=metric,
+                source=source,
                 colormap_name=name,
                 rescale=(vmin, vmax),
                 legend_stops=[
                     LegendStop(**stop)
-                    for stop in legend_stops(self._colormap(colormap), vmin, vmax)
+                    for stop in legend_stops(self._colormap(colormap, source), vmin, vmax)
                 ],
-                model_id=engine.model_id,
+                model_id=engine.source_id(source),
             )
 
     def wmts(self) -> None:
@@ -417,6 +471,7 @@ class MetricTilerFactory(BaseFactory):
             request: Request,
             storm: Annotated[Storm, Depends(self.path_dependency)],
             metric: Annotated[str, Depends(self.metric_dependency)],
+            source: Annotated[Source, Depends(self.source_dependency)],
             colormap: Annotated[ColorMapType | None, Depends(self.colormap_dependency)],
             render_params: Annotated[DefaultDependency, Depends(self.render_dependency)],
             budget: Annotated[int, Depends(self.budget_dependency)],
@@ -425,6 +480,7 @@ class MetricTilerFactory(BaseFactory):
             ] = MetricFormat.png,
         ) -> Response:
             """RESTful WMTS capabilities (titiler's template) of one metric layer."""
+            engine.check_source(storm.name, source)  # NoLabels: 404
             minzoom, maxzoom = zoom_range(engine, storm)
             qs = urlencode(
                 [(k, v) for k, v in request.query_params.multi_items() if k != "tile_format"]
@@ -443,7 +499,8 @@ class MetricTilerFactory(BaseFactory):
                     y="{TileRow}",
                     format=tile_format.value,
                 )
-                ident = f"{storm.name}_{metric}_{tms_id}"
+                kind = "" if source is Source.predicted else f"_{source.value}"
+                ident = f"{storm.name}_{metric}{kind}_{tms_id}"
                 layers.append(
                     {
                         "title": ident,
@@ -483,6 +540,7 @@ class StormsFactory(BaseFactory):
     def register_routes(self) -> None:
         self.list_storms()
         self.storm_detail()
+        self.summary()
         self.point()
 
     def info(self, request: Request, storm: Storm) -> StormInfo:
@@ -497,9 +555,11 @@ class StormsFactory(BaseFactory):
             minzoom=backend.minzoom,
             maxzoom=backend.maxzoom,
             analysis_zoom=self.engine.analysis_zoom,
+            on_demand_minzoom=max(0, self.engine.analysis_zoom - GRID_LEVELS),
             scenes=len(fp),
             labelled_scenes=int(fp["label_path"].notna().sum()),
             metrics=list(METRICS),
+            sources=list(Source) if storm.has_labels else [Source.predicted],
             links=[
                 Link(href=base, rel="self"),
                 Link(
@@ -513,6 +573,7 @@ class StormsFactory(BaseFactory):
                     title="mIoU TileJSON (replace miou by any metric)",
                 ),
                 Link(href=f"{base}/point/{{lon}},{{lat}}", rel="point", title="Point lookup"),
+                Link(href=f"{base}/summary", rel="summary", title="Cached tiles and accuracy"),
             ],
         )
 
@@ -541,6 +602,48 @@ class StormsFactory(BaseFactory):
             """Bounds, zooms, scene counts and links of one storm."""
             return self.info(request, storm)
 
+    def summary(self) -> None:
+        @self.router.get(
+            "/storms/{storm}/summary",
+            summary="What the cache knows about a storm",
+            response_model=StormSummary,
+            operation_id=f"{self.operation_prefix}getStormSummary",
+        )
+        async def storm_summary(
+            storm: Annotated[Storm, Depends(self.path_dependency)],
+        ) -> StormSummary:
+            """Counts of analysis tiles (under the scenes, cached, with imagery, labelled, with
+            true values), the histogram of the predicted mIoU and, where true values are cached,
+            the regressor's MAE and Pearson r against them on this storm. Read from the cache
+            alone: ``iou-maps precompute`` (``--source true``) makes it complete."""
+            got = await to_thread.run_sync(self.engine.summary, storm.name)
+            edges = got.histogram_edges
+            return StormSummary(
+                storm=got.storm,
+                model_id=got.model_id,
+                segmentation_id=got.segmentation_id,
+                analysis_zoom=got.analysis_zoom,
+                tiles=TileCounts(
+                    analysis_tiles=got.analysis_tiles,
+                    cached=got.cached,
+                    with_imagery=got.with_imagery,
+                    labelled=got.labelled,
+                    true_cached=got.true_cached,
+                    evaluated=got.evaluated,
+                    compared=got.compared,
+                ),  # fmt: skip
+                miou_histogram=[
+                    HistogramBin(min=lo, max=hi, count=n)
+                    for lo, hi, n in zip(edges[:-1], edges[1:], got.histogram_counts, strict=True)
+                ],
+                accuracy=None
+                if got.accuracy is None
+                else {
+                    m: MetricAccuracy(n=a.n, mae=a.mae, pearson_r=a.pearson_r)
+                    for m, a in got.accuracy.items()
+                },
+            )
+
     def point(self) -> None:
         @self.router.get(
             "/storms/{storm}/point/{lon},{lat}",
@@ -552,17 +655,20 @@ class StormsFactory(BaseFactory):
             storm: Annotated[Storm, Depends(self.path_dependency)],
             lon: Longitude,
             lat: Latitude,
+            source: Annotated[Source, Depends(SourceParams)],
         ) -> Response | PointMetrics:
-            """The metric vector of the analysis tile at ``lon,lat`` (computed when not cached);
-            404 outside the storm's imagery, 503 with Retry-After while the model is busy."""
+            """The metric vectors of the analysis tile at ``lon,lat``: predicted, and true
+            beside them where the tile is labelled (each computed when not cached); ``metrics``
+            are those of ``source``. 404 outside the storm's imagery, for true/error values of
+            a storm without labels or where the tile has no true value; 503 with Retry-After
+            while the model is busy."""
             engine = self.engine
-            tile, entry, from_cache = await to_thread.run_sync(
-                engine.point, storm.name, lon, lat, 0
-            )
-            if entry is None:  # not cached: computed through the compute queue
+            engine.check_source(storm.name, source)  # NoLabels: 404
+            got = await to_thread.run_sync(engine.point_values, storm.name, lon, lat, 0)
+            if got.predicted is None or got.missing:  # not cached: computed through the queue
                 try:
-                    tile, entry, from_cache = await self.queue.run(
-                        1, engine.point, storm.name, lon, lat, 1
+                    got = await self.queue.run(
+                        max(1, got.missing), engine.point_values, storm.name, lon, lat, 1
                     )
                 except Busy as busy:
                     return JSONResponse(
@@ -570,11 +676,20 @@ class StormsFactory(BaseFactory):
                         status_code=503,
                         headers={"Retry-After": str(busy.retry_after)},
                     )
-            assert entry is not None and entry.values is not None  # else OutsideStorm
-            metrics = {
-                m: (None if math.isnan(float(v)) else float(v))
-                for m, v in zip(METRICS, entry.values, strict=True)
-            }
+            assert got.predicted is not None and got.predicted.values is not None
+            predicted = metric_values(got.predicted.values)
+            true = error = None
+            if got.true is not None:
+                true = metric_values(got.true.values)
+                error = metric_values(difference(got.predicted, got.true).values)
+            chosen = {Source.predicted: predicted, Source.true: true, Source.error: error}[source]
+            if chosen is None:
+                raise HTTPException(
+                    status_code=404,
+                    detail=f"no {source.value} metrics of storm {storm.name!r} at ({lon}, {lat}): "
+                    "no labelled imagery there (or too few labelled pixels)",
+                )
+            tile = got.tile
             b = mercantile.bounds(tile)
             return PointMetrics(
                 storm=storm.name,
@@ -582,9 +697,15 @@ class StormsFactory(BaseFactory):
                 tile=AnalysisTile(
                     z=tile.z, x=tile.x, y=tile.y, bounds=(b.west, b.south, b.east, b.north)
                 ),
-                metrics=metrics,
-                model_id=self.engine.model_id,
-                from_cache=from_cache,
+                source=source,
+                metrics=chosen,
+                predicted=predicted,
+                true=true,
+                error=error,
+                labelled=true is not None,
+                model_id=engine.model_id,
+                segmentation_id=engine.truth_id,
+                from_cache=got.cached,
             )
 
 

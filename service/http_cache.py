@@ -3,8 +3,9 @@ and the server-side imagery tile cache (iou_maps.tile_cache).
 
 An ETag is a hash of everything that decides a response's bytes: the renderer (the versions
 of the code that encodes tiles), the storm's catalogue version (a hash of its footprints
-file: a re-ingest that changes a scene changes it), the model id (metric layers), the path
-(tile address and format) and the whole query string in one spelling (every parameter, so
+file: a re-ingest that changes a scene changes it), the model ids (metric layers: the
+regressor's and the segmentation model's of the true values), the path (tile address and
+format) and the whole query string in one spelling (every parameter, so
 a new one needs nothing here), plus the base URL for TileJSON and WMTS (they hold absolute
 URLs). The same request gets the same ETag in every process and on every host.
 
@@ -161,7 +162,8 @@ class HttpCaching:
         parts = [
             SERVICE_RENDERER,
             storm.version,
-            self.engine.model_id if model else "-",
+            # The layers' true and error values depend on the segmentation model too.
+            f"{self.engine.model_id}+{self.engine.truth_id or '-'}" if model else "-",
             request.url.path,
             canonical_query(request.query_params.multi_items()),
         ]

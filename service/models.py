@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from titiler.core.models.mapbox import TileJSON
 
-from iou_maps.classes import METRICS
+from iou_maps.classes import METRICS, Source
 
 
 class Link(BaseModel):
@@ -27,9 +27,17 @@ class StormInfo(BaseModel):
     minzoom: int = Field(description="Lowest zoom served for this storm.")
     maxzoom: int = Field(description="Zoom whose pixels first get finer than the imagery.")
     analysis_zoom: int = Field(description="Zoom of the analysis tiles the metrics are for.")
+    on_demand_minzoom: int = Field(
+        description="Lowest zoom whose metric tiles compute missing values on request; farther "
+        "out they are drawn from what precompute aggregated."
+    )
     scenes: int = Field(description="Number of scenes.")
     labelled_scenes: int = Field(description="Scenes that have a label raster.")
     metrics: list[str] = Field(default=list(METRICS), description="Metric layers.")
+    sources: list[Source] = Field(
+        default=[Source.predicted],
+        description="Sources of the metric layers (true and error where the storm has labels).",
+    )
     links: list[Link] = Field(default_factory=list)
 
 
@@ -46,18 +54,83 @@ class AnalysisTile(BaseModel):
     )
 
 
+MetricValues = dict[str, float | None]
+
+
 class PointMetrics(BaseModel):
-    """The metric vector of the analysis tile under a coordinate."""
+    """The metric vectors of the analysis tile under a coordinate: predicted, and true beside
+    them where the tile is labelled."""
 
     storm: str
     coordinates: tuple[float, float] = Field(description="Longitude, latitude asked for.")
     tile: AnalysisTile
-    metrics: dict[str, float | None] = Field(
-        description="Every metric (null where undefined, e.g. a class absent from the tile).",
+    source: Source = Field(description="The source of ``metrics``.")
+    metrics: MetricValues = Field(
+        description="Every metric of ``source`` (what its tiles show here): null where "
+        "undefined, e.g. a class absent from the tile (absent from label and prediction).",
         examples=[{m: 0.5 for m in METRICS}],
     )
+    predicted: MetricValues = Field(description="The regressor's metrics (null: class absent).")
+    true: MetricValues | None = Field(
+        default=None,
+        description="The true metrics (null: no label here, too few labelled pixels, or no "
+        "segmentation model).",
+    )
+    error: MetricValues | None = Field(
+        default=None, description="predicted − true where both exist."
+    )
+    labelled: bool = Field(description="Whether the tile has a true value.")
+    model_id: str = Field(description="The regressor's model id.")
+    segmentation_id: str | None = Field(
+        default=None, description="The id of the segmentation model of the true values."
+    )
+    from_cache: bool = Field(description="True when every value came from Redis, not a model.")
+
+
+class TileCounts(BaseModel):
+    """Analysis tiles of a storm, as far as the cache knows them."""
+
+    analysis_tiles: int = Field(description="Under the storm's scenes.")
+    cached: int = Field(description="With a predicted value (or 'no imagery') in the cache.")
+    with_imagery: int = Field(description="Cached with a predicted value.")
+    labelled: int = Field(description="Under labelled scenes.")
+    true_cached: int = Field(description="Labelled, with a true value (or 'too few labels').")
+    evaluated: int = Field(description="With a true value (enough labelled pixels).")
+    compared: int = Field(description="With both a predicted and a true value.")
+
+
+class HistogramBin(BaseModel):
+    min: float
+    max: float
+    count: int
+
+
+class MetricAccuracy(BaseModel):
+    """The regressor against the true values of one metric, on the storm's compared tiles."""
+
+    n: int = Field(description="Tiles where both values are defined.")
+    mae: float | None = Field(description="Mean absolute error (null without tiles).")
+    pearson_r: float | None = Field(
+        description="Pearson correlation (null with fewer than 3 tiles or a constant)."
+    )
+
+
+class StormSummary(BaseModel):
+    """What the cache knows about a storm (nothing is computed to answer)."""
+
+    storm: str
     model_id: str
-    from_cache: bool = Field(description="True when the value came from Redis, not the model.")
+    segmentation_id: str | None = None
+    analysis_zoom: int
+    tiles: TileCounts
+    miou_histogram: list[HistogramBin] = Field(
+        description="Predicted mIoU of the cached tiles with imagery, in equal bins over 0..1."
+    )
+    accuracy: dict[str, MetricAccuracy] | None = Field(
+        default=None,
+        description="Per metric, the regressor against the true values (null: no true values "
+        "cached, e.g. a storm without labels; `precompute --source true` fills them).",
+    )
 
 
 class Health(BaseModel):
@@ -91,10 +164,11 @@ class MetricTileJSON(TileJSON):
     """TileJSON of a metric layer, with the colour stops of its legend."""
 
     metric: str
+    source: Source = Source.predicted
     colormap_name: str | None = None
     rescale: tuple[float, float] = (0.0, 1.0)
     legend_stops: list[LegendStop] = Field(default_factory=list)
-    model_id: str
+    model_id: str = Field(description="The id of the model(s) behind the values.")
 
 
 class ErrorDetail(BaseModel):

@@ -2,8 +2,9 @@
 
 - Errors: every operation documents each status it can answer besides success, always as JSON
   (``{"detail": ...}``) whatever its success media type (images, XML): 422 where it takes
-  parameters, 404 where it names a storm or a coordinate, 204 and 500 where it reads scenes,
-  503 (with Retry-After) where a metric point waits for the model.
+  parameters, 404 where it names a storm or a coordinate (or asks for true/error values), 204
+  and 500 where it reads scenes, 503 (with Retry-After) where a metric point waits for the
+  model, or where true values need the missing segmentation model.
   titiler's routes say none of this themselves.
 - Caching: tiles, TileJSON and WMTS of a storm declare their ETag and Cache-Control headers
   and the 304 Not Modified of a matching If-None-Match (service/http_cache.py).
@@ -32,12 +33,15 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def error_responses(path_params: set[str], has_params: bool) -> dict[str, dict[str, Any]]:
-    """The non-success responses of an operation, from the names of its path parameters."""
+def error_responses(
+    path_params: set[str], has_params: bool, query_params: frozenset[str] = frozenset()
+) -> dict[str, dict[str, Any]]:
+    """The non-success responses of an operation, from the names of its parameters."""
     error = {"$ref": ERROR_REF}
     out: dict[str, dict[str, Any]] = {}
     reads_tile = {"z", "x", "y"} <= path_params
     reads_point = {"lon", "lat"} <= path_params
+    has_source = "source" in query_params
     if reads_tile:
         out["204"] = {"description": "No scene under this tile: nothing to draw."}
     if "storm" in path_params:
@@ -46,6 +50,10 @@ def error_responses(path_params: set[str], has_params: bool) -> dict[str, dict[s
             if reads_point
             else ("Unknown storm.")
         )
+        if has_source:
+            what += " For source=true or error: a storm without labels" + (
+                ", or no true value at this coordinate." if reads_point else "."
+            )
         out["404"] = _json(what, error)
     if has_params:
         out["422"] = _json(
@@ -54,9 +62,17 @@ def error_responses(path_params: set[str], has_params: bool) -> dict[str, dict[s
         )
     if reads_tile or reads_point:
         out["500"] = _json("A scene file could not be read (the message names the scene).", error)
+    if has_source and not reads_point:
+        out["503"] = _json(
+            "source=true or error: the segmentation model of the true metrics is missing.", error
+        )
     if reads_point and "storm" in path_params:
         out["503"] = {
-            **_json("The model is busy (the compute queue is full): retry later.", error),
+            **_json(
+                "The model is busy (the compute queue is full): retry later; or, for "
+                "source=true or error, the segmentation model is missing.",
+                error,
+            ),
             "headers": {
                 "Retry-After": {
                     "description": "Seconds until the queue has likely drained.",
@@ -79,8 +95,9 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
         for operation in operations.values():
             params = operation.get("parameters", [])
             path_params = {p["name"] for p in params if p.get("in") == "path"}
+            query_params = frozenset(p["name"] for p in params if p.get("in") == "query")
             responses = operation.setdefault("responses", {})
-            responses.update(error_responses(path_params, bool(params)))
+            responses.update(error_responses(path_params, bool(params), query_params))
             if kind is not None:
                 describe_caching(operation, kind)
     _plain_tuples(schema)

@@ -50,10 +50,13 @@ def settings_for(data: ServedData, redis_url: str) -> Settings:
     return Settings(data_dir=data.data_dir.resolve(), model=data.model, redis_url=redis_url)
 
 
-def snapshot(client: redis.Redis, storm: str) -> dict[tuple[bytes, bytes], bytes]:
-    """Every stored value of ``storm`` (analysis tiles and aggregates), by key and field."""
+def snapshot(
+    client: redis.Redis, storm: str, namespace: str = "iou"
+) -> dict[tuple[bytes, bytes], bytes]:
+    """Every stored value of ``storm`` (analysis tiles and aggregates) in the key space
+    ``namespace``, by key and field."""
     out = {}
-    for key in client.scan_iter(match=f"iou:*:{storm}:*"):
+    for key in client.scan_iter(match=f"{namespace}:*:{storm}:*"):
         for fld, raw in client.hgetall(key).items():
             out[(key, fld)] = raw
     return out
@@ -175,3 +178,32 @@ def test_precompute_cli_on_a_local_cluster(data, redis_url) -> None:
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode == 2 and "not both" in res.stderr
+
+
+def test_true_values_on_the_cluster_are_the_in_process_ones(data, client, redis_url) -> None:
+    # precompute --source true on the cluster: the workers load the segmentation model too,
+    # and store what this process would (true values, predictions for the error layer, both
+    # layers' aggregates).
+    from iou_maps.classes import Source
+
+    from .test_truth import engine_for as engine_with_truth
+
+    r = redis.Redis.from_url(redis_url)
+    engine = engine_with_truth(data, r)
+    local = precompute(engine, data.storm, source=Source.true, batch_size=8)
+    assert local.failed == 0 and local.computed > local.error_predictions > 0
+    expected = {ns: snapshot(r, data.storm, ns) for ns in ("iou", "iou-true", "iou-error")}
+    assert all(expected.values())
+    engine.close()
+    r.flushdb()
+
+    summary = precompute_on_cluster(
+        client, settings_for(data, redis_url), data.storm, source=Source.true, block_levels=2
+    )
+    assert summary.failed == 0, summary.failures
+    assert (summary.total, summary.computed, summary.error_predictions) == (
+        local.total, local.computed, local.error_predictions,
+    )  # fmt: skip
+    assert summary.model_id == local.model_id  # the segmentation model's id
+    for ns, values in expected.items():
+        assert_same_values(snapshot(r, data.storm, ns), values)
