@@ -149,6 +149,7 @@ def pipeline_segmentation(data: Path, pr: Callable) -> tuple[object, object]:
 RATE_SCRIPT = """
 import json, sys, time
 from pathlib import Path
+from iou_maps.errors import RegressorError
 from iou_maps import runtime
 runtime.inference_process()
 import numpy as np

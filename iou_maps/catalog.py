@@ -50,6 +50,7 @@ from rio_tiler.constants import WEB_MERCATOR_TMS
 from shapely.geometry import shape
 
 from iou_maps.classes import NODATA_LABEL
+from iou_maps.errors import InvalidStormName, StormNotFound
 
 STORM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 SCENE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -64,14 +65,6 @@ WORLD_FILE_SUFFIXES = (".jgw", ".jpgw", ".wld")
 JPEG_COLLAR_MAX = 12
 #: Footprints are traced on a mask decimated to at most this many pixels a side.
 FOOTPRINT_MASK_SIZE = 1024
-
-
-class InvalidStormName(ValueError):
-    """A storm name outside ``[a-z0-9][a-z0-9_-]{0,63}``."""
-
-
-class StormNotFound(LookupError):
-    """No ingested storm of that name under the data directory."""
 
 
 def validate_storm_name(name: str) -> str:

@@ -18,21 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 from mercantile import Tile
 
-from iou_maps.mosaic import (
-    OffGrid,
-    SceneReadError,
-    StormBackend,
-    pixel_interleaved,
-    read_grid_tiles,
-    read_tile,
-)
+from iou_maps.errors import ImageryReadError, OffGrid, SceneReadError
+from iou_maps.mosaic import StormBackend, pixel_interleaved, read_grid_tiles, read_tile
 
 #: An analysis tile with less valid imagery than this is treated as "no imagery".
 MIN_VALID_FRACTION = 0.02
-
-
-class ImageryReadError(RuntimeError):
-    """A scene needed for a tile could not be read (e.g. a corrupt file)."""
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,19 @@ from rich.progress import (
 from rich.table import Table
 
 from iou_maps import runtime
-from iou_maps.catalog import Catalog, InvalidStormName, StormNotFound, ingest, validate_storm_name
+from iou_maps.catalog import Catalog, ingest, validate_storm_name
 from iou_maps.classes import METRICS
 from iou_maps.config import Settings
+from iou_maps.errors import (
+    CacheUnavailable,
+    ExportError,
+    ImageryReadError,
+    InvalidStormName,
+    ModelNotFound,
+    NoLabels,
+    StacError,
+    StormNotFound,
+)
 
 app = typer.Typer(
     help="IoU Maps: where a segmentation model of post-storm imagery can be trusted.",
@@ -236,7 +246,7 @@ def _storm_summary(s: Settings, catalog: Catalog, name: str, json_out: bool) -> 
     import redis
 
     from iou_maps.metric_store import MetricStore, connect
-    from iou_maps.models import ModelNotFound, regressor_metadata, truth_segmentation_dir
+    from iou_maps.models import regressor_metadata, truth_segmentation_dir
     from iou_maps.summary import summarize
     from iou_maps.truth import TRUE_NAMESPACE, SegmentationSource
 
@@ -327,7 +337,7 @@ def rich_progress(bar: Progress) -> Callable[[str, int | None], Callable[[int], 
 
 
 def _load_seg(data_dir: Path, name: str):
-    from iou_maps.models import ModelNotFound, load_segmentation_model
+    from iou_maps.models import load_segmentation_model
 
     try:
         return load_segmentation_model(data_dir, name)
@@ -419,7 +429,6 @@ def train_regressor_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """Train the metric regressor on `evaluate` tables (validation split by scene)."""
-    from iou_maps.catalog import StormNotFound
     from iou_maps.models import regressor_dir, validate_model_name
     from iou_maps.pipeline import regressor_metadata, regressor_training_set
     from iou_maps.regressor import plot_report, save_regressor, train_regressor
@@ -464,7 +473,7 @@ def predict(
 ) -> None:
     """Predicted metrics for every analysis tile of a storm → GeoParquet, GeoJSON, CSV."""
     runtime.inference_process()
-    from iou_maps.models import ModelNotFound, load_regressor_model
+    from iou_maps.models import load_regressor_model
     from iou_maps.pipeline import storm_chips
     from iou_maps.prediction import predict_table, write_exports
 
@@ -594,9 +603,6 @@ def _precompute_metrics(
     """``precompute``'s metric part: the analysis tiles (of ``source``) and their aggregates;
     the summary is printed (unless ``json_out``) and returned."""
     from iou_maps.classes import Source
-    from iou_maps.models import ModelNotFound
-    from iou_maps.precompute import CacheUnavailable
-    from iou_maps.truth import NoLabels
 
     with progress_bar() as bar:
         task = bar.add_task(f"precompute {storm} {source.value}", total=None, rate="")
@@ -864,11 +870,8 @@ def export_cmd(
     Values come from the service's cache; missing ones are computed (and cached) as the
     service would, so a run on a precomputed storm makes no model call.
     """
-    from iou_maps.chips import ImageryReadError
     from iou_maps.export import (
         ArchiveFormat,
-        CacheUnavailable,
-        ExportError,
         ImageryFormat,
         MetricLayer,
         export_cog,
@@ -876,7 +879,6 @@ def export_cmd(
         export_metric_archive,
         open_export_engine,
     )
-    from iou_maps.models import ModelNotFound
     from iou_maps.render import DEFAULT_COLORMAP, MetricFormat
 
     s = settings(data_dir)
@@ -961,7 +963,7 @@ def stac_cmd(
 ) -> None:
     """Write a STAC Collection of a storm: an Item per scene (footprint, datetime, COG) and an
     Item per exported map with its files as assets; validated against the STAC schemas."""
-    from iou_maps.stac import StacError, write_storm_collection
+    from iou_maps.stac import write_storm_collection
 
     s = settings(data_dir)
     st = _storm_or_exit(Catalog(s.data_dir), storm)

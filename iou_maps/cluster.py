@@ -30,12 +30,12 @@ from iou_maps.catalog import Catalog
 from iou_maps.classes import Source
 from iou_maps.config import Settings
 from iou_maps.engine import MetricEngine
+from iou_maps.errors import CacheUnavailable, NoLabels
 from iou_maps.grid import ancestor
 from iou_maps.metric_store import MetricStore, connect
 from iou_maps.models import regressor_metadata, truth_segmentation_dir
 from iou_maps.mosaic import storm_zoom_range
 from iou_maps.precompute import (
-    CacheUnavailable,
     FillCounts,
     PrecomputeSummary,
     Progress,
@@ -46,13 +46,7 @@ from iou_maps.precompute import (
     uncached,
     with_values,
 )
-from iou_maps.truth import (
-    ERROR_NAMESPACE,
-    TRUE_NAMESPACE,
-    NoLabels,
-    SegmentationSource,
-    error_id,
-)
+from iou_maps.truth import ERROR_NAMESPACE, TRUE_NAMESPACE, SegmentationSource, error_id
 
 #: Tiles of a block: those under one tile this many zooms above the analysis zoom (4^levels).
 BLOCK_LEVELS = 3

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 from mercantile import Tile
 
-from iou_maps.chips import ChipRead, ChipReader, ImageryReadError
+from iou_maps.chips import ChipRead, ChipReader
+from iou_maps.errors import ImageryReadError
 from iou_maps.metric_store import NO_IMAGERY, Entry, stored
 from iou_maps.mosaic import OpenStorms, StormBackend
 

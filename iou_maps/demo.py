@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iou_maps.catalog import Catalog, Storm, ingest
+from iou_maps.errors import RegressorError
 from iou_maps.models import regressor_dir, segmentation_dir
 from iou_maps.pipeline import Progress, evaluate_storm, no_progress
 
@@ -103,12 +104,7 @@ def ensure_regressor(
     ``segmentation``, default ``model``): loaded if it is there and usable, else trained."""
     from iou_maps.models import load_regressor_model
     from iou_maps.pipeline import regressor_metadata, regressor_training_set
-    from iou_maps.regressor import (
-        RegressorError,
-        plot_report,
-        save_regressor,
-        train_regressor,
-    )
+    from iou_maps.regressor import plot_report, save_regressor, train_regressor
 
     target = regressor_dir(data_dir, model)
     if (target / "metadata.json").is_file():

@@ -32,10 +32,11 @@ import shapely
 from mercantile import Tile
 
 from iou_maps.catalog import Catalog, Storm
-from iou_maps.chips import ChipReader, ImageryReadError
+from iou_maps.chips import ChipReader
 from iou_maps.classes import NMETRICS, Source
 from iou_maps.compute import Computer, LocalComputer, Predictor, ProcessComputer
 from iou_maps.config import Settings
+from iou_maps.errors import ImageryReadError, ModelNotFound, NoLabels, OutsideStorm
 from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
 from iou_maps.metric_store import (
     NO_IMAGERY,
@@ -44,14 +45,12 @@ from iou_maps.metric_store import (
     GuardedStore,
     MetricStore,
 )
-from iou_maps.models import ModelNotFound
 from iou_maps.mosaic import LoadedStorm, OpenScenes, OpenStorms
 from iou_maps.single_flight import LOCK_WAIT, SingleFlight
 from iou_maps.summary import StormSummary, summarize
 from iou_maps.truth import (
     ERROR_NAMESPACE,
     TRUE_NAMESPACE,
-    NoLabels,
     SegmentationSource,
     TruthComputer,
     error_id,
@@ -75,10 +74,6 @@ log = logging.getLogger(__name__)
 GRID_LEVELS = 4
 #: Most analysis tiles read from the cache to aggregate a far-out cell on the fly.
 MAX_ON_THE_FLY = 4096
-
-
-class OutsideStorm(LookupError):
-    """A coordinate outside every scene of a storm."""
 
 
 @dataclass

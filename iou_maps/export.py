@@ -42,10 +42,11 @@ from iou_maps.catalog import Catalog, Storm
 from iou_maps.classes import METRICS, metric_index
 from iou_maps.config import Settings
 from iou_maps.engine import GRID_LEVELS, MetricEngine
+from iou_maps.errors import CacheUnavailable, ExportError
 from iou_maps.grid import tile_polygons
 from iou_maps.metric_store import MetricStore
 from iou_maps.mosaic import metric_zoom_range, storm_zoom_range
-from iou_maps.precompute import CacheUnavailable, aggregate_levels, tiles_of, uncached
+from iou_maps.precompute import aggregate_levels, tiles_of, uncached
 from iou_maps.render import DEFAULT_COLORMAP, WEB_MERCATOR, MetricFormat, legend_stops
 
 __all__ = [
@@ -96,10 +97,6 @@ def _generator() -> str:
 
 #: Written into every export's metadata.
 GENERATOR = _generator()
-
-
-class ExportError(ValueError):
-    """Export options that cannot be honoured, or nothing to export; the message says which."""
 
 
 class ArchiveFormat(StrEnum):

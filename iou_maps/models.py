@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from iou_maps.catalog import STORM_NAME_RE
+from iou_maps.errors import ModelNotFound
 
 MODEL_NAME_RE = STORM_NAME_RE  # same rule: a plain folder name, no path tricks
-
-
-class ModelNotFound(LookupError):
-    """No model of that name (or not the part asked for) under the data directory."""
 
 
 def validate_model_name(name: str) -> str:

@@ -40,6 +40,7 @@ from rio_tiler.utils import cast_to_sequence
 
 from iou_maps.catalog import Catalog, Storm
 from iou_maps.classes import NODATA_LABEL
+from iou_maps.errors import NoSceneAt, OffGrid, SceneReadError
 
 #: Lowest zoom served for a storm: below this a storm is a few pixels wide.
 MIN_ZOOM = 10
@@ -58,10 +59,6 @@ def metric_zoom_range(storm: Storm, analysis_zoom: int) -> tuple[int, int]:
     """Zooms of a storm's metric layers: its imagery zooms, extended to the analysis zoom."""
     minzoom, maxzoom = storm_zoom_range(storm)
     return minzoom, max(maxzoom, analysis_zoom)
-
-
-class SceneReadError(RuntimeError):
-    """A scene file of a storm could not be read; the message names the scene."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +104,6 @@ class OpenStorms:
     def close(self) -> None:
         """Close the open scene files."""
         self.scenes.close()
-
-
-class NoSceneAt(LookupError):
-    """No scene of a storm covers a coordinate."""
 
 
 class OpenScenes:
@@ -494,10 +487,6 @@ def pixel_interleaved(data: np.ndarray) -> np.ndarray:
     for b in range(3):
         out[..., b] = data[b]
     return out
-
-
-class OffGrid(Exception):
-    """A tile that is not on its scenes' pixel grid: read it with ``read_tile``."""
 
 
 def read_grid_tiles(

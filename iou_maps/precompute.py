@@ -31,6 +31,7 @@ from iou_maps.catalog import Storm
 from iou_maps.chips import ChipRead
 from iou_maps.classes import Source
 from iou_maps.engine import MetricEngine, abs_errors
+from iou_maps.errors import CacheUnavailable
 from iou_maps.grid import tiles_intersecting
 from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
 from iou_maps.mosaic import StormBackend, storm_zoom_range
@@ -41,10 +42,6 @@ READ_THREAD_NICENESS = 10
 LOOKUP_CHUNK = 4096
 #: Failure messages kept in a summary (the count is always complete).
 MAX_FAILURES_KEPT = 100
-
-
-class CacheUnavailable(RuntimeError):
-    """Precompute needs a reachable Redis: without it there is nothing to fill."""
 
 
 @dataclass

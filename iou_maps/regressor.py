@@ -36,6 +36,7 @@ import numpy as np
 from iou_maps import runtime
 from iou_maps.backend import keras, tf
 from iou_maps.classes import CLASSES, METRICS, NMETRICS
+from iou_maps.errors import RegressorError
 from iou_maps.inference_graph import InferenceModel
 from iou_maps.model_layers import (
     ChipPreprocessing,
@@ -63,10 +64,6 @@ KINDS = ("softmax", "encoder")
 NETWORK = {"softmax": "segmentation", "encoder": "encoder"}
 #: Head sizes and dropout of each kind (the encoder's are the seed design's).
 HEAD_LAYOUT = {"softmax": ((256, 128), 0.3), "encoder": ((128, 64), 0.2)}
-
-
-class RegressorError(ValueError):
-    """A regressor that cannot be used (missing files, mismatched classes, tampered files)."""
 
 
 # --------------------------------------------------------------------------- model

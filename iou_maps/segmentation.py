@@ -22,6 +22,7 @@ import numpy as np
 
 from iou_maps.backend import keras, tf
 from iou_maps.classes import NCLASSES, NODATA_LABEL
+from iou_maps.errors import ConfigError, WeightsError
 from iou_maps.model_layers import model_input, resize_images, standardize_batch
 
 layers, ops = keras.layers, keras.ops
@@ -69,14 +70,6 @@ WEIGHTS_FILE = "config_fullmodel.h5"
 
 # Four stride-2 levels: sizes must halve cleanly four times to meet the skip connections again.
 _SIZE_MULTIPLE = 16
-
-
-class ConfigError(ValueError):
-    """A segmentation config that segmentation_gym (or this module) cannot use."""
-
-
-class WeightsError(ValueError):
-    """A weights file that does not fit the model built from its config."""
 
 
 # --------------------------------------------------------------------------------------------

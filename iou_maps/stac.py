@@ -33,6 +33,7 @@ from pystac.validation import (
 from rio_stac.stac import create_stac_item, get_projection_info, get_raster_info
 
 from iou_maps.catalog import Storm
+from iou_maps.errors import StacError
 
 __all__ = [
     "ExportFile",
@@ -61,10 +62,6 @@ MEDIA_TYPES = {
 }
 #: Custom fields are namespaced, as STAC asks of fields outside an extension.
 NS = "iou_maps"
-
-
-class StacError(RuntimeError):
-    """The catalog cannot be written or is not valid; the message says why."""
 
 
 # --------------------------------------------------------------------------- validation

@@ -30,6 +30,7 @@ from mercantile import Tile
 
 from iou_maps.chips import ChipRead, read_error
 from iou_maps.compute import Computed
+from iou_maps.errors import NoLabels
 from iou_maps.evaluation import MIN_LABELLED_FRACTION, read_chip, true_metrics
 from iou_maps.metric_store import NO_IMAGERY, Entry, stored
 from iou_maps.mosaic import OpenStorms, StormBackend
@@ -42,10 +43,6 @@ ERROR_NAMESPACE = "iou-error"
 TRUTH_BATCH = 16
 #: What the true values are (part of the segmentation id: a change invalidates them).
 TRUTH_RULE = f"evaluate chips, labelled >= {MIN_LABELLED_FRACTION}, metrics v1"
-
-
-class NoLabels(LookupError):
-    """A storm without label rasters: no true metrics there, hence no error layer."""
 
 
 def segmentation_id(directory: Path) -> str:

@@ -16,11 +16,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from titiler.core.errors import DEFAULT_STATUS_CODES
 
-from iou_maps.catalog import InvalidStormName, StormNotFound
-from iou_maps.engine import ImageryReadError, OutsideStorm
-from iou_maps.models import ModelNotFound
-from iou_maps.mosaic import NoSceneAt, SceneReadError
-from iou_maps.truth import NoLabels
+from iou_maps.errors import (
+    ImageryReadError,
+    InvalidStormName,
+    IoUMapsError,
+    ModelNotFound,
+    NoLabels,
+    NoSceneAt,
+    OutsideStorm,
+    SceneReadError,
+    StormNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     ImageryReadError: 500,
     SceneReadError: 500,
     ModelNotFound: 503,
+    IoUMapsError: 500,  # any other of ours: a JSON message, not a bare 500
 }
 
 

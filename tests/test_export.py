@@ -33,9 +33,9 @@ from typer.testing import CliRunner
 from iou_maps.catalog import Catalog
 from iou_maps.cli import app
 from iou_maps.config import Settings
+from iou_maps.errors import ExportError, StacError
 from iou_maps.export import (
     ArchiveFormat,
-    ExportError,
     ImageryFormat,
     MetricLayer,
     export_cog,
@@ -45,7 +45,7 @@ from iou_maps.export import (
     tiles_at,
 )
 from iou_maps.precompute import tiles_of
-from iou_maps.stac import StacError, offline_validation, validate, write_storm_collection
+from iou_maps.stac import offline_validation, validate, write_storm_collection
 from service.testing import REPO, ServiceProcess
 
 STORM = "alpha"

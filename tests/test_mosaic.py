@@ -15,11 +15,10 @@ from rasterio.windows import Window
 from rio_tiler.io import Reader
 
 from iou_maps.catalog import Catalog
+from iou_maps.errors import OffGrid, SceneReadError
 from iou_maps.mosaic import (
-    OffGrid,
     OpenScenes,
     SceneReader,
-    SceneReadError,
     StormBackend,
     _grid_mosaic,
     read_clipped,

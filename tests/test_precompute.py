@@ -17,10 +17,11 @@ import shapely
 
 from iou_maps.catalog import Catalog
 from iou_maps.engine import MetricEngine
+from iou_maps.errors import CacheUnavailable
 from iou_maps.grid import tiles_intersecting
 from iou_maps.metric_store import unpack
 from iou_maps.models import load_regressor_model
-from iou_maps.precompute import CacheUnavailable, precompute, storm_tiles
+from iou_maps.precompute import precompute, storm_tiles
 
 from .conftest import ServedData, make_served_data
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from iou_maps.classes import METRICS, NCLASSES, NODATA_LABEL
+from iou_maps.errors import RegressorError
 from iou_maps.inference_graph import foldable_batch_norms
 from iou_maps.metrics import class_fractions
 from iou_maps.regressor import (
@@ -18,7 +19,6 @@ from iou_maps.regressor import (
     NETWORK,
     FlipAugmented,
     Regressor,
-    RegressorError,
     build_regressor,
     encode,
     features_model,

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 from iou_maps.classes import NODATA_LABEL, SAND, VEGETATION, WATER
+from iou_maps.errors import ConfigError, WeightsError
 from iou_maps.segmentation import (
     KNOWN_CONFIG_KEYS,
-    ConfigError,
     SegmentationConfig,
     SegmentationModel,
-    WeightsError,
     bottleneck_layer_name,
     build_model,
     demo_config,

@@ -19,7 +19,8 @@ from mercantile import Tile
 
 from iou_maps.catalog import Catalog, ingest
 from iou_maps.classes import METRICS, NMETRICS, Source
-from iou_maps.engine import MetricEngine, NoLabels
+from iou_maps.engine import MetricEngine
+from iou_maps.errors import NoLabels
 from iou_maps.grid import tiles_intersecting
 from iou_maps.metric_store import MetricStore
 from iou_maps.models import (

@@ -1,0 +1,85 @@
+"""Every exception of the IoU Maps library, under one base (as rio-tiler's ``errors.py``).
+
+Each also keeps the built-in parent that says what kind of failure it is, so callers may
+catch ``IoUMapsError`` for anything of ours, or ``LookupError`` / ``ValueError`` /
+``RuntimeError`` as before. The service maps them to HTTP status codes in one place
+(``service/errors.py``).
+"""
+
+from __future__ import annotations
+
+
+class IoUMapsError(Exception):
+    """Base of every IoU Maps exception."""
+
+
+# --------------------------------------------------------------------------- not found (404)
+
+
+class StormNotFound(IoUMapsError, LookupError):
+    """No ingested storm of that name under the data directory."""
+
+
+class ModelNotFound(IoUMapsError, LookupError):
+    """No model of that name (or not the part asked for) under the data directory."""
+
+
+class OutsideStorm(IoUMapsError, LookupError):
+    """A coordinate outside every scene of a storm."""
+
+
+class NoSceneAt(IoUMapsError, LookupError):
+    """No scene of a storm covers a coordinate."""
+
+
+class NoLabels(IoUMapsError, LookupError):
+    """A storm without label rasters: no true metrics there, hence no error layer."""
+
+
+# --------------------------------------------------------------------------- bad input (422)
+
+
+class InvalidStormName(IoUMapsError, ValueError):
+    """A storm name outside ``[a-z0-9][a-z0-9_-]{0,63}``."""
+
+
+class ConfigError(IoUMapsError, ValueError):
+    """A segmentation config that segmentation_gym (or this module) cannot use."""
+
+
+class WeightsError(IoUMapsError, ValueError):
+    """A weights file that does not fit the model built from its config."""
+
+
+class RegressorError(IoUMapsError, ValueError):
+    """A regressor that cannot be used (missing files, mismatched classes, tampered files)."""
+
+
+class ExportError(IoUMapsError, ValueError):
+    """Export options that cannot be honoured, or nothing to export; the message says which."""
+
+
+# --------------------------------------------------------------------------- failures (5xx)
+
+
+class SceneReadError(IoUMapsError, RuntimeError):
+    """A scene file of a storm could not be read; the message names the scene."""
+
+
+class ImageryReadError(IoUMapsError, RuntimeError):
+    """A scene needed for a tile could not be read (e.g. a corrupt file)."""
+
+
+class CacheUnavailable(IoUMapsError, RuntimeError):
+    """Precompute needs a reachable Redis: without it there is nothing to fill."""
+
+
+class StacError(IoUMapsError, RuntimeError):
+    """The catalog cannot be written or is not valid; the message says why."""
+
+
+# --------------------------------------------------------------------------- control flow
+
+
+class OffGrid(IoUMapsError):
+    """A tile that is not on its scenes' pixel grid: read it with ``mosaic.read_tile``."""
