@@ -104,7 +104,7 @@ def fill_block(
     """A Dask task: compute and store the ``source`` entries of ``tiles`` with the worker's
     engine (its regressor, or its segmentation model for true values)."""
     engine = get_worker().plugins[plugin].engine
-    store = engine.channel(source).store
+    store = engine.sources.channel(source).store
     if store is None:
         raise CacheUnavailable("the worker has no Redis to store values in")
     counts = fill(

@@ -23,7 +23,6 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import mercantile
 import numpy as np
@@ -36,103 +35,25 @@ from iou_maps.chips import ChipReader
 from iou_maps.classes import NMETRICS, Source
 from iou_maps.compute import Computer, LocalComputer, Predictor, ProcessComputer
 from iou_maps.config import Settings
-from iou_maps.errors import ImageryReadError, ModelNotFound, NoLabels, OutsideStorm
+from iou_maps.errors import ModelNotFound, OutsideStorm
 from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
 from iou_maps.metric_store import (
     NO_IMAGERY,
-    PREDICTED_NAMESPACE,
-    Entry,
-    GuardedStore,
-    MetricStore,
 )
 from iou_maps.mosaic import LoadedStorm, OpenScenes, OpenStorms
-from iou_maps.single_flight import LOCK_WAIT, SingleFlight
+from iou_maps.single_flight import LOCK_WAIT
+from iou_maps.sources import NoCache, Sources, difference
 from iou_maps.summary import StormSummary, summarize
+from iou_maps.tile_values import PointValues, TileGrid, Values
 from iou_maps.truth import (
-    ERROR_NAMESPACE,
-    TRUE_NAMESPACE,
     SegmentationSource,
     TruthComputer,
-    error_id,
 )
-
-__all__ = [
-    "Channel",
-    "ImageryReadError",
-    "MetricEngine",
-    "NoLabels",
-    "OutsideStorm",
-    "PointValues",
-    "TileGrid",
-    "Values",
-    "open_engine",
-]
 
 log = logging.getLogger(__name__)
 
 #: A metric tile at zoom z is drawn as a grid of cells at zoom min(za, z + GRID_LEVELS).
 GRID_LEVELS = 4
-#: Most analysis tiles read from the cache to aggregate a far-out cell on the fly.
-MAX_ON_THE_FLY = 4096
-
-
-@dataclass
-class Values:
-    """Entries for a set of tiles, with where they came from."""
-
-    entries: dict[Tile, Entry] = field(default_factory=dict)
-    cached: int = 0
-    computed: int = 0
-    missing: list[Tile] = field(default_factory=list)  # over the budget: not computed
-    cache_ok: bool = True
-
-
-@dataclass
-class TileGrid:
-    """Values of a metric tile as a grid of cells (n × n × 6), NaN where nothing is known."""
-
-    tile: Tile
-    level: int
-    values: np.ndarray  # (n, n, 6) float32
-    has_imagery: np.ndarray  # (n, n) bool
-    missing: int
-    cached: int
-    computed: int
-    cache_ok: bool
-    source: Source = Source.predicted
-
-
-@dataclass
-class PointValues:
-    """The analysis tile at a coordinate, its predicted and (where labelled) true values."""
-
-    tile: Tile
-    predicted: Entry | None  # None: not cached, and no budget to compute it
-    true: Entry | None  # None: no true value (no label there), or not computed yet
-    labelled: bool  # the tile lies under a labelled scene (true values may exist there)
-    cached: bool  # every value came from the cache
-    missing: int  # values left to compute (over the budget)
-
-
-@dataclass
-class Channel:
-    """Values of one source (predicted or true): computed by ``computer``, cached in
-    ``store`` (``cache``: the same, a Redis error meaning "not cached"), each computed once
-    (``flight``)."""
-
-    computer: Computer
-    store: MetricStore | None
-    cache: GuardedStore | None
-    flight: SingleFlight
-
-    @classmethod
-    def open(
-        cls, computer: Computer, client: redis.Redis | None, namespace: str, lock_wait: float
-    ) -> Channel:
-        """The channel of ``computer``'s values in key space ``namespace`` of ``client``."""
-        store = MetricStore(client, computer.model_id, namespace) if client is not None else None
-        cache = GuardedStore(store) if store is not None else None
-        return cls(computer, store, cache, SingleFlight(computer, cache, lock_wait))
 
 
 class MetricEngine:
@@ -164,37 +85,18 @@ class MetricEngine:
         self.computer: Computer = computer
         self.analysis_zoom = analysis_zoom
         self.budget = budget
-        self.predicted = Channel.open(computer, client, PREDICTED_NAMESPACE, lock_wait)
-        self.store = self.predicted.store
-        self.cache = self.predicted.cache
-        self.flight = self.predicted.flight
         if isinstance(truth, SegmentationSource):
             truth = TruthComputer(truth, self.storms, read_threads)
-        self.truth = Channel.open(truth, client, TRUE_NAMESPACE, lock_wait) if truth else None
-        self.truth_missing = truth_missing
-        self.error_store: MetricStore | None = None
-        self.error_cache: GuardedStore | None = None
-        if truth is not None and client is not None:
-            ids = error_id(computer.model_id, truth.model_id)
-            self.error_store = MetricStore(client, ids, ERROR_NAMESPACE)
-            self.error_cache = GuardedStore(self.error_store)
+        self.sources = Sources(computer, truth, client, lock_wait, truth_missing)
+        self.store = self.sources.predicted.store
+        self.cache = self.sources.predicted.cache
+        self.flight = self.sources.predicted.flight
         self._geom_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
         """The regressor's model id (part of every cache key)."""
         return self.computer.model_id
-
-    @property
-    def truth_id(self) -> str | None:
-        """The segmentation model's id (the true values' keys), None without one."""
-        return self.truth.computer.model_id if self.truth is not None else None
-
-    def source_id(self, source: Source) -> str:
-        """The id of the model(s) behind the values of ``source``."""
-        if source is Source.predicted or self.truth_id is None:
-            return self.model_id
-        return self.truth_id if source is Source.true else error_id(self.model_id, self.truth_id)
 
     @property
     def scenes(self) -> OpenScenes:
@@ -226,26 +128,19 @@ class MetricEngine:
         """The in-process computer of predicted or true values (for precompute's ``fill``)."""
         if source is Source.predicted:
             return self.local()
-        computer = self.channel(source).computer
+        computer = self.sources.channel(source).computer
         if not isinstance(computer, TruthComputer):
             raise TypeError("this engine computes true values in worker processes")
         return computer
 
     def close(self) -> None:
         """Store what was computed, then stop the computers and close the scene files."""
-        for channel in (self.predicted, self.truth):
-            if channel is not None:
-                channel.flight.close()  # values already computed still reach Redis
-        if self.truth is not None:
-            self.truth.computer.close()
-        self.computer.close()
+        self.sources.close()
         self.storms.close()
 
     def flush(self) -> None:
         """Wait until every computed value is stored (or has failed)."""
-        for channel in (self.predicted, self.truth):
-            if channel is not None:
-                channel.flight.flush()
+        self.sources.flush()
 
     # ------------------------------------------------------------------ storms
 
@@ -254,34 +149,10 @@ class MetricEngine:
         return self.storms.get(storm_name)
 
     def check_source(self, storm_name: str, source: Source) -> LoadedStorm:
-        """The storm, if it has ``source`` values: NoLabels for true/error values of a storm
-        without labels, ModelNotFound without the segmentation model that computes them."""
+        """The storm, if it has ``source`` values (``Sources.check``)."""
         loaded = self.storm(storm_name)
-        if source is Source.predicted:
-            return loaded
-        if not loaded.storm.has_labels:
-            raise NoLabels(
-                f"storm {storm_name!r} has no label rasters: {source.value} metrics need labels "
-                "(ingest them as <image>_label.tif or .png beside each image)"
-            )
-        if self.truth is None:
-            raise ModelNotFound(f"{source.value} metrics are unavailable: {self.truth_missing}")
+        self.sources.check(loaded.storm, source)
         return loaded
-
-    def channel(self, source: Source) -> Channel:
-        """The channel of predicted or true values (ModelNotFound without a truth model)."""
-        if source is Source.predicted:
-            return self.predicted
-        if source is Source.true and self.truth is not None:
-            return self.truth
-        if source is Source.true:
-            raise ModelNotFound(f"true metrics are unavailable: {self.truth_missing}")
-        raise ValueError("error values are derived from the two channels")
-
-    @staticmethod
-    def area(storm: Storm, source: Source) -> shapely.Geometry:
-        """Where ``source`` may have values: under the scenes, or under the labelled ones."""
-        return storm.coverage if source is Source.predicted else storm.label_coverage
 
     def covered(
         self, storm: Storm, tiles: Sequence[Tile], area: shapely.Geometry | None = None
@@ -299,22 +170,6 @@ class MetricEngine:
             shapely.prepare(cov)
             return shapely.intersects(cov, boxes) & ~shapely.touches(cov, boxes)
 
-    def _cached(
-        self, storm_name: str, tiles: Sequence[Tile], source: Source = Source.predicted
-    ) -> dict[Tile, Entry]:
-        """Stored entries of ``tiles`` (aggregates of the error layer for ``error``)."""
-        if source is Source.error:
-            cache = self.error_cache
-        else:
-            cache = self.channel(source).cache
-        return cache.get_many(storm_name, tiles) if cache is not None else {}
-
-    def _cached_abs_error(self, storm_name: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
-        """|predicted − true| of analysis tiles whose values are cached (``abs_errors``)."""
-        true = self._cached(storm_name, tiles, Source.true)
-        want = [t for t, e in true.items() if e.has_imagery]
-        return abs_errors(self._cached(storm_name, want, Source.predicted), true)
-
     # ------------------------------------------------------------------ queries
 
     def analysis_values(
@@ -329,9 +184,9 @@ class MetricEngine:
         budget = self.budget if budget is None else budget
         if source is Source.error:
             return self._error_values(storm_name, tiles, budget)
-        channel = self.channel(source)
+        channel = self.sources.channel(source)
         out = Values()
-        inside = self.covered(loaded.storm, tiles, self.area(loaded.storm, source))
+        inside = self.covered(loaded.storm, tiles, Sources.area(loaded.storm, source))
         candidates = [t for t, ok in zip(tiles, inside, strict=True) if ok]
         out.entries.update((t, NO_IMAGERY) for t, ok in zip(tiles, inside, strict=True) if not ok)
         cache = channel.cache
@@ -394,7 +249,11 @@ class MetricEngine:
         else:
             self.check_source(storm_name, source)
             cells = descendants(tile, level)
-            entries, missing = self._aggregates(storm_name, cells, source)
+            storm = self.storm(storm_name).storm
+            entries, missing = self.sources.far_cells(
+                storm, cells, source, self.analysis_zoom,
+                lambda ts, area: self.covered(storm, ts, area),
+            )  # fmt: skip
             cached, computed = len(entries), 0
             cache_ok = self.cache_ok
         n = int(math.isqrt(len(cells)))
@@ -408,49 +267,14 @@ class MetricEngine:
                 has[t.y - y0, t.x - x0] = True
         return TileGrid(tile, level, values, has, missing, cached, computed, cache_ok, source)
 
-    def _aggregates(
-        self, storm_name: str, cells: list[Tile], source: Source = Source.predicted
-    ) -> tuple[dict[Tile, Entry], int]:
-        """Pre-aggregated cells (written by precompute); the rest from cached analysis tiles."""
-        storm = self.storm(storm_name).storm
-        area = self.area(storm, source)
-        inside = self.covered(storm, cells, area)
-        wanted = [c for c, ok in zip(cells, inside, strict=True) if ok]
-        entries = self._cached(storm_name, wanted, source)
-        absent = [c for c in wanted if c not in entries]
-        per_cell = 4 ** (self.analysis_zoom - cells[0].z)
-        if not absent or len(absent) * per_cell > MAX_ON_THE_FLY:
-            return entries, len(absent)
-        missing = 0
-        kids = {c: descendants(c, self.analysis_zoom) for c in absent}
-        # Children outside the coverage are never stored: they have no imagery, not "missing".
-        every = [k for ks in kids.values() for k in ks]
-        inside_kids = {
-            k for k, ok in zip(every, self.covered(storm, every, area), strict=True) if ok
-        }
-        kids = {c: [k for k in ks if k in inside_kids] for c, ks in kids.items()}
-        children = [k for ks in kids.values() for k in ks]
-        if source is Source.error:
-            cached = self._cached_abs_error(storm_name, children)
-        else:
-            cached = self._cached(storm_name, children, source)
-        for c, ks in kids.items():
-            vals = [cached[k].values for k in ks if k in cached and cached[k].has_imagery]
-            if vals:
-                with np.errstate(invalid="ignore"):
-                    mean = np.nanmean(np.stack(vals), axis=0)
-                entries[c] = Entry(mean.astype(np.float32), len(vals))
-            if any(k not in cached for k in ks):
-                missing += 1  # partly known at best
-        return entries, missing
-
     def summary(self, storm_name: str) -> StormSummary:
         """What the cache knows about a storm (``iou_maps.summary``; nothing is computed)."""
         storm = self.storm(storm_name).storm
-        true = self.truth.cache if self.truth is not None else None
+        truth = self.sources.truth
+        true = (truth.cache or NoCache()) if truth is not None else None
         return summarize(
-            storm, self.analysis_zoom, self.cache or _NoCache(), self.model_id,
-            true if true is not None else (_NoCache() if self.truth else None), self.truth_id,
+            storm, self.analysis_zoom, self.cache or NoCache(), self.model_id, true,
+            self.sources.truth_id,
         )  # fmt: skip
 
     def point_tile(self, storm_name: str, lon: float, lat: float) -> Tile:
@@ -462,18 +286,6 @@ class MetricEngine:
             raise OutsideStorm(f"({lon}, {lat}) is outside every scene of storm {storm_name!r}")
         return mercantile.tile(lon, lat, self.analysis_zoom)
 
-    def point(
-        self, storm_name: str, lon: float, lat: float, budget: int = 1
-    ) -> tuple[Tile, Entry | None, bool]:
-        """(analysis tile, entry, came from cache) at a coordinate; OutsideStorm outside it.
-        The entry is None if it is not cached and ``budget`` is 0."""
-        tile = self.point_tile(storm_name, lon, lat)
-        vals = self.analysis_values(storm_name, [tile], budget=budget)
-        entry = vals.entries.get(tile)
-        if entry is not None and not entry.has_imagery:
-            raise OutsideStorm(f"no imagery of storm {storm_name!r} at ({lon}, {lat})")
-        return tile, entry, vals.cached == 1
-
     def point_values(self, storm_name: str, lon: float, lat: float, budget: int = 1) -> PointValues:
         """Predicted and (where labelled, with a segmentation model) true values of the
         analysis tile at a coordinate, each computed within ``budget`` if not cached;
@@ -484,7 +296,7 @@ class MetricEngine:
         if entry is not None and not entry.has_imagery:
             raise OutsideStorm(f"no imagery of storm {storm_name!r} at ({lon}, {lat})")
         storm = self.storm(storm_name).storm
-        labelled = self.truth is not None and bool(
+        labelled = self.sources.truth is not None and bool(
             self.covered(storm, [tile], storm.label_coverage)[0]
         )
         out = PointValues(tile, entry, None, labelled, pred.cached == 1, len(pred.missing))
@@ -495,33 +307,6 @@ class MetricEngine:
             out.cached = out.cached and true.cached == 1
             out.missing += len(true.missing)
         return out
-
-
-class _NoCache:
-    """The cache of an engine without Redis: nothing cached."""
-
-    @staticmethod
-    def get_many(storm: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
-        return {}
-
-
-def abs_errors(pred: dict[Tile, Entry], true: dict[Tile, Entry]) -> dict[Tile, Entry]:
-    """|predicted − true| of the tiles of ``true`` that have a value and a prediction in
-    ``pred``; "no value" where ``true`` has none (tiles with a true value but no prediction
-    yet are left out: not known)."""
-    out = {t: NO_IMAGERY for t, e in true.items() if not e.has_imagery}
-    for t, e in true.items():
-        p = pred.get(t)
-        if e.has_imagery and p is not None:
-            out[t] = difference(p, e, absolute=True) if p.has_imagery else NO_IMAGERY
-    return out
-
-
-def difference(pred: Entry, true: Entry, *, absolute: bool = False) -> Entry:
-    """predicted − true (``absolute``: its magnitude), NaN where either is undefined."""
-    assert pred.values is not None and true.values is not None
-    diff = pred.values.astype(np.float32) - true.values.astype(np.float32)
-    return Entry(np.abs(diff) if absolute else diff, 1)
 
 
 def open_engine(

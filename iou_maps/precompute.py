@@ -30,11 +30,12 @@ from mercantile import Tile
 from iou_maps.catalog import Storm
 from iou_maps.chips import ChipRead
 from iou_maps.classes import Source
-from iou_maps.engine import MetricEngine, abs_errors
+from iou_maps.engine import MetricEngine
 from iou_maps.errors import CacheUnavailable
 from iou_maps.grid import tiles_intersecting
 from iou_maps.metric_store import NO_IMAGERY, Entry, MetricStore
 from iou_maps.mosaic import StormBackend, storm_zoom_range
+from iou_maps.sources import Sources, abs_errors
 
 #: How much lower than the process the read threads run (see _yield_to_inference).
 READ_THREAD_NICENESS = 10
@@ -95,7 +96,7 @@ def tiles_of(
 ) -> list[Tile]:
     """Analysis tiles at ``zoom`` under the storm's footprints (for true values: under its
     labelled scenes), and inside ``bbox`` W,S,E,N if given."""
-    area = MetricEngine.area(storm, source)
+    area = Sources.area(storm, source)
     if bbox is not None:
         w, s, e, n = bbox
         if not (w < e and s < n):
@@ -232,7 +233,7 @@ def precompute(
     if engine.store is None or not engine.store.ping():
         raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
     loaded = engine.check_source(storm, source)
-    channel = engine.channel(source)
+    channel = engine.sources.channel(source)
     store = channel.store
     assert store is not None
     start = time.perf_counter()
@@ -261,7 +262,7 @@ def precompute(
     lowest = storm_zoom_range(loaded.storm)[0] if min_zoom is None else min_zoom
     summary.aggregated = aggregate_levels(store, storm, tiles, engine.analysis_zoom, lowest)
     if source is Source.true:
-        pred_store, error_store = engine.store, engine.error_store
+        pred_store, error_store = engine.store, engine.sources.error_store
         assert error_store is not None
         # The error layer needs a prediction wherever there is a true value.
         need, _ = uncached(pred_store, storm, with_values(store, storm, tiles))

@@ -38,7 +38,7 @@ from titiler.mosaic.factory import MosaicTilerFactory
 
 from iou_maps.catalog import Storm
 from iou_maps.classes import METRICS, Source
-from iou_maps.engine import GRID_LEVELS, MetricEngine, TileGrid, difference
+from iou_maps.engine import GRID_LEVELS, MetricEngine
 from iou_maps.mosaic import metric_zoom_range
 from iou_maps.render import (
     WEB_MERCATOR,
@@ -48,6 +48,8 @@ from iou_maps.render import (
     encode_metric_tile,
     legend_stops,
 )
+from iou_maps.sources import difference
+from iou_maps.tile_values import TileGrid
 from service.admission import Busy, ComputeQueue
 from service.dependencies import (
     SUPPORTED_TMS,
@@ -274,7 +276,7 @@ class MetricTilerFactory(BaseFactory):
             "X-IoU-Missing": str(grid.missing),
             "X-IoU-Cached": str(grid.cached),
             "X-IoU-Computed": str(grid.computed),
-            "X-IoU-Model": self.engine.source_id(grid.source),
+            "X-IoU-Model": self.engine.sources.source_id(grid.source),
             "X-IoU-Cache": "ok" if grid.cache_ok else "unavailable",
             "X-IoU-Source": grid.source.value,
             "Content-Bbox": ",".join(map(str, mercantile.xy_bounds(tile))),
@@ -439,7 +441,7 @@ class MetricTilerFactory(BaseFactory):
             return MetricTileJSON(
                 name=layer_name(storm, metric, source),
                 description=f"{SOURCE_TITLES[source]} {metric} of storm {storm.name!r} "
-                f"(model {engine.source_id(source)})",
+                f"(model {engine.sources.source_id(source)})",
                 tiles=[url],
                 minzoom=minzoom,
                 maxzoom=maxzoom,
@@ -452,7 +454,7 @@ class MetricTilerFactory(BaseFactory):
                     LegendStop(**stop)
                     for stop in legend_stops(self._colormap(colormap, source), vmin, vmax)
                 ],
-                model_id=engine.source_id(source),
+                model_id=engine.sources.source_id(source),
             )
 
     def wmts(self) -> None:
@@ -704,7 +706,7 @@ class StormsFactory(BaseFactory):
                 error=error,
                 labelled=true is not None,
                 model_id=engine.model_id,
-                segmentation_id=engine.truth_id,
+                segmentation_id=engine.sources.truth_id,
                 from_cache=got.cached,
             )
 

@@ -63,8 +63,8 @@ def test_full_fill_then_every_tile_and_point_without_inference(served_data, redi
             seen_values += int(grid.has_imagery.sum())
     pts = storm.footprints.geometry.representative_point()
     for p in pts:
-        _, entry, from_cache = fresh.point(served_data.storm, p.x, p.y)
-        assert from_cache and entry.has_imagery
+        got = fresh.point_values(served_data.storm, p.x, p.y)
+        assert got.cached and got.predicted is not None and got.predicted.has_imagery
     assert fresh.model_calls == 0 and seen_values > 0
 
     # Aggregates are the mean of the analysis tiles below them.

@@ -106,8 +106,8 @@ def test_true_values_are_the_evaluate_tables(served_data, table, redis_url) -> N
     assert not list(client.scan_iter(match=f"iou:*:{served_data.storm}:*"))  # nothing predicted
     fresh = engine_for(served_data, client)
     again = fresh.analysis_values(served_data.storm, tiles, source=Source.true)
-    assert again.cached == len(tiles) and again.computed == 0 and fresh.truth is not None
-    assert fresh.truth.flight.model_calls == 0
+    assert again.cached == len(tiles) and again.computed == 0 and fresh.sources.truth is not None
+    assert fresh.sources.truth.flight.model_calls == 0
     np.testing.assert_allclose(vectors(again.entries, tiles), expected, atol=STEP, equal_nan=True)
     fresh.close()
 
@@ -199,7 +199,9 @@ def test_precompute_true_fills_the_true_and_error_layers(served_data, table, red
     again = precompute(fresh, served_data.storm, source=Source.true)
     assert again.computed == 0 and again.already_cached == again.total
     assert (
-        fresh.model_calls == 0 and fresh.truth is not None and fresh.truth.flight.model_calls == 0
+        fresh.model_calls == 0
+        and fresh.sources.truth is not None
+        and fresh.sources.truth.flight.model_calls == 0
     )
     fresh.close()
 

@@ -101,6 +101,15 @@ def metric_tiles_loaded(page, source: str) -> None:
     page.wait_for_load_state("networkidle", timeout=60_000)
 
 
+def wait_for_text(page, selector: str, text: str) -> None:
+    """Wait until ``selector``'s text holds ``text`` (the viewer updates it asynchronously)."""
+    page.wait_for_function(
+        "([sel, text]) => (document.querySelector(sel)?.innerText || '').includes(text)",
+        arg=[selector, text],
+        timeout=60_000,
+    )
+
+
 def test_viewer_draws_tiles_sources_and_legend(page, service):
     page.goto(service.url + "/", wait_until="load")
     # Leaflet marks tiles loaded once the image has decoded.
@@ -131,11 +140,17 @@ def test_viewer_draws_tiles_sources_and_legend(page, service):
     page.select_option("#metric", "miou")
     page.select_option("#source", "true")
     metric_tiles_loaded(page, "true")
-    assert "true miou" in page.locator("#legend-caption").inner_text()
+    wait_for_text(page, "#legend-caption", "true miou")
     page.select_option("#source", "error")
     metric_tiles_loaded(page, "error")
+    # The legend is redrawn from the layer's TileJSON, which may arrive after its tiles.
+    page.wait_for_function(
+        "document.querySelector('#legend-labels').innerText.trim().split(/\\s+/).join(' ')"
+        " === '-0.5 0 0.5'",
+        timeout=60_000,
+    )
     assert page.locator("#legend-labels").inner_text().split() == ["-0.5", "0", "0.5"]
-    assert "predicted − true" in page.locator("#legend-caption").inner_text()
+    wait_for_text(page, "#legend-caption", "predicted − true")
     style = page.locator("#legend-bar").get_attribute("style")
     assert "rgb(5, 48, 97)" in style or "#053061" in style  # rdbu_r: deep blue at -0.5
     assert not page.locator(".metric-layer img[data-src*='source=true']").count()
