@@ -28,7 +28,7 @@ from rich.table import Table
 
 from iou_maps import runtime
 from iou_maps.catalog import Catalog, ingest, validate_storm_name
-from iou_maps.classes import METRICS
+from iou_maps.classes import METRICS, Source
 from iou_maps.config import Settings
 from iou_maps.errors import (
     CacheUnavailable,
@@ -808,14 +808,6 @@ class ExportLayer(StrEnum):
     imagery = "imagery"
 
 
-class Source(StrEnum):
-    """Where a metric layer's values come from (iou_maps.export.SOURCES)."""
-
-    predicted = "predicted"
-    true = "true"
-    error = "error"
-
-
 MetricName = StrEnum("MetricName", {m: m for m in METRICS})  # type: ignore[misc]
 DEFAULT_METRIC = MetricName("miou")
 
@@ -830,7 +822,11 @@ def export_cmd(
     out_file: Annotated[Path, typer.Option("--out", help="File to write (replaced whole).")],
     metric: Annotated[MetricName, typer.Option(help="Metric layer.")] = DEFAULT_METRIC,
     source: Annotated[
-        Source, typer.Option(help="predicted (the regressor), true (labels) or error.")
+        Source,
+        typer.Option(
+            help="predicted (the regressor), true (the segmentation model against the "
+            "storm's labels) or error (predicted - true; lower zooms: mean absolute error)."
+        ),
     ] = Source.predicted,
     layer: Annotated[
         ExportLayer,
@@ -843,11 +839,19 @@ def export_cmd(
         int | None, typer.Option(help="Highest zoom (default: the service's for the storm).")
     ] = None,
     colormap: Annotated[
-        str | None, typer.Option(help="Colormap name, as the tiles' colormap_name= (rdylgn).")
+        str | None,
+        typer.Option(
+            help="Colormap name, as the tiles' colormap_name= (default: the service's for the "
+            "source: rdylgn; error: rdbu_r)."
+        ),
     ] = None,
     rescale: Annotated[
-        str, typer.Option(help="MIN,MAX of the metric that the colormap spans.")
-    ] = "0,1",
+        str | None,
+        typer.Option(
+            help="MIN,MAX of the metric that the colormap spans (default: the service's for "
+            "the source: 0,1; error: -0.5,0.5)."
+        ),
+    ] = None,
     tile_format: Annotated[
         str | None,
         typer.Option(
@@ -879,17 +883,15 @@ def export_cmd(
         export_metric_archive,
         open_export_engine,
     )
-    from iou_maps.render import DEFAULT_COLORMAP, MetricFormat
+    from iou_maps.render import MetricFormat
 
     s = settings(data_dir)
     if model:
         s.model = model
     _storm_or_exit(Catalog(s.data_dir), storm)
-    lo, hi = _parse_range(rescale, "rescale")
+    span = _parse_range(rescale, "rescale") if rescale is not None else None
     try:
-        metric_layer = MetricLayer(
-            storm, metric.value, source.value, colormap or DEFAULT_COLORMAP, (lo, hi)
-        )
+        metric_layer = MetricLayer(storm, metric.value, source.value, colormap or "", span)
         if layer is ExportLayer.imagery:
             if fmt is ExportFormat.cog:
                 raise typer.BadParameter("--layer imagery: the COG holds metric values only")
@@ -926,7 +928,7 @@ def export_cmd(
                     fmt=metric_format, minzoom=minzoom, maxzoom=maxzoom,
                     attribution=attribution, fill_progress=fill, progress=tiles,
                 )  # fmt: skip
-    except ExportError as exc:
+    except (ExportError, NoLabels, ModelNotFound) as exc:
         raise fail(str(exc)) from None
     except (CacheUnavailable, ImageryReadError) as exc:
         raise fail(str(exc), 1) from None

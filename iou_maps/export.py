@@ -39,15 +39,27 @@ from rio_tiler.colormap import cmap as default_cmap
 from rio_tiler.types import ColorMapType
 
 from iou_maps.catalog import Catalog, Storm
-from iou_maps.classes import METRICS, metric_index
+from iou_maps.classes import METRICS, Source, metric_index
 from iou_maps.config import Settings
 from iou_maps.engine import GRID_LEVELS, MetricEngine
-from iou_maps.errors import CacheUnavailable, ExportError
+from iou_maps.errors import CacheUnavailable, ExportError, ModelNotFound
 from iou_maps.grid import tile_polygons
 from iou_maps.metric_store import MetricStore
 from iou_maps.mosaic import metric_zoom_range, storm_zoom_range
-from iou_maps.precompute import aggregate_levels, tiles_of, uncached
-from iou_maps.render import DEFAULT_COLORMAP, WEB_MERCATOR, MetricFormat, legend_stops
+from iou_maps.precompute import (
+    aggregate_levels,
+    error_leaves,
+    tiles_of,
+    uncached,
+    with_values,
+)
+from iou_maps.render import (
+    WEB_MERCATOR,
+    MetricFormat,
+    default_colormap,
+    default_rescale,
+    legend_stops,
+)
 
 __all__ = [
     "SOURCES",
@@ -73,7 +85,7 @@ __all__ = [
 
 #: Where the values of a metric layer come from: the regressor's predictions, the true
 #: metrics of labelled scenes, or their difference (the engine's sources).
-SOURCES = ("predicted", "true", "error")
+SOURCES = tuple(s.value for s in Source)
 #: Analysis tiles computed per engine call while filling the cache (one model batch).
 FILL_CHUNK = 64
 #: Block edge (px) of the COG, and the size below which it needs no more overviews.
@@ -116,27 +128,41 @@ class ImageryFormat(StrEnum):
 
 @dataclass(frozen=True)
 class MetricLayer:
-    """One metric map of a storm, as the service draws it."""
+    """One metric map of a storm, as the service draws it: ``colormap_name`` and ``rescale``
+    left out are the service's defaults for the source (``render.default_colormap``,
+    ``render.default_rescale``: a diverging colormap over -0.5..0.5 for ``error``)."""
 
     storm: str
     metric: str = "miou"
-    source: str = "predicted"
-    colormap_name: str = DEFAULT_COLORMAP
-    rescale: tuple[float, float] = (0.0, 1.0)
+    source: str = Source.predicted.value
+    colormap_name: str = ""  # "": the source's default
+    rescale: tuple[float, float] | None = None  # None: the source's default
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ExportError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
         if self.source not in SOURCES:
             raise ExportError(f"unknown source {self.source!r}; valid: {', '.join(SOURCES)}")
+        source = Source(self.source)
+        object.__setattr__(self, "source", source.value)
+        if not self.colormap_name:
+            object.__setattr__(self, "colormap_name", default_colormap(source))
+        if self.rescale is None:
+            object.__setattr__(self, "rescale", default_rescale(source))
         if self.colormap_name not in default_cmap.list():
             raise ExportError(
                 f"unknown colormap {self.colormap_name!r}; valid: "
                 + ", ".join(sorted(default_cmap.list()))
             )
-        lo, hi = self.rescale
+        lo, hi = self.value_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ExportError(f"rescale: min {lo} must be below max {hi}")
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The values the colormap spans (``rescale``, the source's default filled in)."""
+        assert self.rescale is not None  # filled in at construction
+        return self.rescale
 
     @property
     def colormap(self) -> ColorMapType:
@@ -182,32 +208,49 @@ class ExportSummary:
 
 
 def open_export_engine(settings: Settings) -> MetricEngine:
-    """The service's engine for ``settings`` (catalog, model id, Redis), whose model loads in
-    a worker process only when a value must be computed (as the service's, by default).
+    """The service's engine for ``settings`` (catalog, model ids, Redis), whose models load
+    in a worker process only when a value must be computed (as the service's, by default):
+    the regressor, and the segmentation model of the true metrics (as ``engine.open_engine``
+    finds it; without one, true and error layers are refused with the reason).
 
-    The model id and analysis zoom come from the regressor's metadata, without TensorFlow;
-    the worker checks its model against that id before computing anything."""
-    from iou_maps.compute import ProcessComputer
+    The model ids and analysis zoom come from the models' files, without TensorFlow."""
+    from iou_maps.compute import Computer, ProcessComputer
     from iou_maps.metric_store import connect
-    from iou_maps.models import regressor_metadata
+    from iou_maps.models import regressor_metadata, truth_segmentation_dir
+    from iou_maps.truth import SegmentationSource
 
     meta = regressor_metadata(settings.data_dir, settings.model)
     data_dir = settings.data_dir.resolve()
     computer = ProcessComputer(data_dir, settings.model, processes=1)
     computer.model_id = str(meta["model_id"])
+    truth: Computer | None = None
+    truth_missing = ""
+    try:
+        segmentation = SegmentationSource(truth_segmentation_dir(data_dir, settings.model))
+    except ModelNotFound as exc:
+        truth_missing = str(exc)
+    else:
+        truth = computer.truth(segmentation.model_id)
     client = connect(settings.redis_url, settings.data_dir)
-    return MetricEngine(Catalog(data_dir), computer, client, int(meta["analysis_zoom"]))
+    return MetricEngine(
+        Catalog(data_dir), computer, client, int(meta["analysis_zoom"]),
+        truth=truth, truth_missing=truth_missing,
+    )  # fmt: skip
 
 
-def _check_source(engine: MetricEngine, source: str) -> None:
-    """Sources other than the predictions need the engine's sources (not in this engine)."""
+def _check_source(engine: MetricEngine, storm: str, source: str) -> Source:
+    """The engine's source of that name, if ``storm`` has its values: the engine's NoLabels
+    (a storm without labels) or ModelNotFound (no segmentation model) otherwise."""
     if source not in SOURCES:
         raise ExportError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
-    if source != "predicted":
-        raise ExportError(
-            f"source {source!r}: this engine serves the predicted metrics only "
-            "(true and error metrics come with the engine's sources)"
-        )
+    engine.check_source(storm, Source(source))
+    return Source(source)
+
+
+def _model_calls(engine: MetricEngine) -> int:
+    """Model calls this process made, of the regressor and the segmentation model."""
+    channels = (engine.sources.predicted, engine.sources.truth)
+    return sum(c.flight.model_calls for c in channels if c is not None)
 
 
 def _store(engine: MetricEngine) -> MetricStore:
@@ -220,35 +263,62 @@ def fill_cache(
     engine: MetricEngine,
     storm: str,
     *,
-    source: str = "predicted",
+    source: str = Source.predicted.value,
     progress: Progress | None = None,
     chunk: int = FILL_CHUNK,
 ) -> FillReport:
-    """Make the cache hold every value the storm's tiles show: each analysis tile (computed
-    where missing, through the engine as a tile request would) and the lower-zoom
-    aggregates that precompute writes. Nothing is computed if all is cached."""
-    _check_source(engine, source)
-    store = _store(engine)
+    """Make the cache hold every value the storm's tiles of ``source`` show: each analysis
+    tile (computed where missing, through the engine as a tile request would) and the
+    lower-zoom aggregates, as precompute writes them. ``true``: the true values of the
+    labelled tiles; ``error``: those, the predictions of the tiles with a true value and the
+    error layer's aggregates (mean absolute errors), as ``precompute --source true``.
+    Nothing is computed if all is cached."""
+    wanted = _check_source(engine, storm, source)
+    pred_store = _store(engine)
     loaded = engine.storm(storm)
-    tiles = tiles_of(loaded.storm, engine.analysis_zoom)
-    todo, cached = uncached(store, storm, tiles)
-    report = FillReport(analysis_tiles=len(tiles), already_cached=cached)
-    calls_before = engine.model_calls
-    if progress:
-        progress(cached, len(tiles))
-    for i in range(0, len(todo), chunk):
-        part = todo[i : i + chunk]
-        values = engine.analysis_values(storm, part, budget=len(part))
-        report.computed += values.computed
-        if progress:
-            progress(cached + i + len(part), len(tiles))
-    report.model_calls = engine.model_calls - calls_before
-    engine.flush()  # every computed value is in Redis before the aggregates read them
+    za = engine.analysis_zoom
     lowest = storm_zoom_range(loaded.storm)[0]
-    if report.computed or not _aggregates_complete(store, storm, tiles, lowest):
-        report.aggregates_written = aggregate_levels(
-            store, storm, tiles, engine.analysis_zoom, lowest
-        )
+    report = FillReport()
+    calls_before = _model_calls(engine)
+
+    def fill(of: Source, tiles: Sequence[Tile]) -> int:
+        """Compute what the cache of ``of`` lacks of ``tiles``; how many were computed."""
+        store = engine.sources.channel(of).store
+        assert store is not None  # the engine has Redis (_store)
+        todo, cached = uncached(store, storm, tiles)
+        report.analysis_tiles += len(tiles)
+        report.already_cached += cached
+        done = report.analysis_tiles - len(todo)
+        if progress:
+            progress(done, report.analysis_tiles)
+        computed = 0
+        for i in range(0, len(todo), chunk):
+            part = todo[i : i + chunk]
+            computed += engine.analysis_values(storm, part, len(part), of).computed
+            if progress:
+                progress(done + i + len(part), report.analysis_tiles)
+        report.computed += computed
+        engine.flush()  # every computed value is in Redis before the aggregates read them
+        return computed
+
+    first = Source.predicted if wanted is Source.predicted else Source.true
+    store = engine.sources.channel(first).store
+    assert store is not None
+    tiles = tiles_of(loaded.storm, za, source=first)
+    computed = fill(first, tiles)
+    if computed or not _aggregates_complete(store, storm, tiles, lowest):
+        report.aggregates_written += aggregate_levels(store, storm, tiles, za, lowest)
+    if wanted is Source.error:
+        # The error layer needs a prediction wherever there is a true value.
+        computed += fill(Source.predicted, with_values(store, storm, tiles))
+        error_store = engine.sources.error_store
+        assert error_store is not None  # the engine has true values and Redis
+        if computed or not _aggregates_complete(error_store, storm, tiles, lowest):
+            report.aggregates_written += aggregate_levels(
+                error_store, storm, tiles, za, lowest,
+                leaves=error_leaves(pred_store, store, storm),
+            )  # fmt: skip
+    report.model_calls = _model_calls(engine) - calls_before
     return report
 
 
@@ -318,7 +388,7 @@ def metric_tiles(
     missing."""
     from iou_maps.render import encode_metric_tile
 
-    _check_source(engine, layer.source)
+    source = _check_source(engine, layer.storm, layer.source)
     storm = engine.storm(layer.storm).storm
     cmap = layer.colormap
     za = engine.analysis_zoom
@@ -330,7 +400,7 @@ def metric_tiles(
             key = mercantile.parent(tile, zoom=za) if z > za else tile
             grid = above.get(key) if z > za else None
             if grid is None:
-                grid = engine.tile_grid(layer.storm, tile, budget=0)
+                grid = engine.tile_grid(layer.storm, tile, 0, source)
                 if z > za:
                     above[key] = grid
             if grid.missing:
@@ -341,7 +411,7 @@ def metric_tiles(
             if not grid.has_imagery.any():
                 continue  # the service's 204
             content, _ = encode_metric_tile(
-                grid.values, grid.has_imagery, tile, layer.metric, fmt, cmap, layer.rescale
+                grid.values, grid.has_imagery, tile, layer.metric, fmt, cmap, layer.value_range
             )
             yield tile, content
 
@@ -570,14 +640,15 @@ def metric_metadata(
     """The archive metadata of a metric layer: its legend, model and where it came from."""
     storm = engine.storm(layer.storm).storm
     what = {"predicted": "Predicted", "true": "True", "error": "Error of the predicted"}
+    model_id = engine.sources.source_id(Source(layer.source))
     return ArchiveMetadata(
         name=layer.title,
         description=(
             f"{what[layer.source]} {layer.metric} of the segmentation model on storm "
             f"{layer.storm!r}, one value per {engine.analysis_zoom}-zoom analysis tile "
-            f"(model {engine.model_id})"
+            f"(model {model_id})"
         ),
-        attribution=attribution or f"IoU Maps, model {engine.model_id}",
+        attribution=attribution or f"IoU Maps, model {model_id}",
         tile_format=fmt,
         bounds=storm.bounds,
         minzoom=zooms[0],
@@ -587,11 +658,11 @@ def metric_metadata(
             "layer": "metric",
             "metric": layer.metric,
             "source": layer.source,
-            "model_id": engine.model_id,
+            "model_id": model_id,
             "analysis_zoom": engine.analysis_zoom,
             "colormap_name": layer.colormap_name,
-            "rescale": list(layer.rescale),
-            "legend_stops": legend_stops(layer.colormap, *layer.rescale),
+            "rescale": list(layer.value_range),
+            "legend_stops": legend_stops(layer.colormap, *layer.value_range),
             "generator": GENERATOR,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -764,6 +835,7 @@ def export_cog(
     done = 0
     start = time.perf_counter()
     profile = cog_profiles.get("deflate")
+    out.parent.mkdir(parents=True, exist_ok=True)  # its levels are written beside it first
     with tempfile.TemporaryDirectory(prefix="iou-maps-cog-", dir=out.parent) as tmpdir:
         paths = []
         for level, level_tiles in enumerate(per_level):
@@ -802,7 +874,7 @@ def _write_cells(
     """The cells of metric tile ``tile`` (at zoom level's zoom - 4) into overview ``level``."""
     from rasterio.windows import Window
 
-    cells = engine.tile_grid(layer.storm, tile, budget=0)
+    cells = engine.tile_grid(layer.storm, tile, 0, Source(layer.source))
     if cells.missing:
         raise ExportError(
             f"tile {tile.z}/{tile.x}/{tile.y}: {cells.missing} value(s) missing from the cache"
@@ -838,7 +910,7 @@ def _levels_vrt(grid: CogGrid, paths: list[Path], layer: MetricLayer, engine: Me
         "STORM": layer.storm,
         "METRIC": layer.metric,
         "SOURCE": layer.source,
-        "MODEL_ID": engine.model_id,
+        "MODEL_ID": engine.sources.source_id(Source(layer.source)),
         "ANALYSIS_ZOOM": str(engine.analysis_zoom),
         "PIXELS_PER_TILE": str(grid.pixels_per_tile),
         "OVERVIEWS": "aggregates of the analysis tiles as the service shows them (mean of "

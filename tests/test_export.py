@@ -3,6 +3,8 @@ tiles and values (a real uvicorn process over the same Redis), and its STAC vali
 
 The first export runs the CLI on an empty cache (the model computes every value in a worker
 process); the service then reads the same cache, so its tiles must be the exports' bytes.
+The true and error exports follow: the first of them by the CLI with no true value cached
+(the segmentation model computes them in a worker process), compared with ``?source=``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +34,7 @@ from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
 from iou_maps.catalog import Catalog
+from iou_maps.classes import Source
 from iou_maps.cli import app
 from iou_maps.config import Settings
 from iou_maps.errors import ExportError, StacError
@@ -48,6 +52,8 @@ from iou_maps.precompute import tiles_of
 from iou_maps.stac import offline_validation, validate, write_storm_collection
 from service.testing import REPO, ServiceProcess
 
+from .test_truth import BARE, with_bare  # noqa: F401 (fixture)
+
 STORM = "alpha"
 
 
@@ -62,8 +68,9 @@ def storm(served_data):
     return Catalog(served_data.data_dir).storm(STORM)
 
 
-def cli_env(settings: Settings) -> dict[str, str]:
-    env = {**os.environ, "IOU_MAPS_DATA_DIR": str(settings.data_dir), "IOU_MAPS_MODEL": "tiny"}
+def cli_env(settings: Settings, data_dir: Path | None = None) -> dict[str, str]:
+    data = data_dir or settings.data_dir
+    env = {**os.environ, "IOU_MAPS_DATA_DIR": str(data), "IOU_MAPS_MODEL": "tiny"}
     env["REDIS_URL"] = str(settings.redis_url)
     return env
 
@@ -102,7 +109,39 @@ def exports(settings, tmp_path_factory) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def service(exports, settings, tmp_path_factory) -> Iterator[ServiceProcess]:
+def source_exports(exports, settings, tmp_path_factory) -> dict[str, object]:
+    """True and error exports, after the predicted ones (every prediction cached): the error
+    PMTiles by the CLI with no true value cached, the others from the cache it filled."""
+    out = tmp_path_factory.mktemp("source-exports")
+    cold = subprocess.run(
+        [sys.executable, "-m", "iou_maps.cli", "export", STORM, "--source", "error",
+         "--format", "pmtiles", "--out", str(out / "alpha-miou-error.pmtiles")],
+        cwd=REPO, env=cli_env(settings), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert cold.returncode == 0, cold.stderr[-3000:]
+    engine = open_export_engine(settings)
+    try:
+        result: dict[str, object] = {"dir": out, "cold_stdout": cold.stdout}
+        result["error"] = out / "alpha-miou-error.pmtiles"
+        result["true"] = export_metric_archive(
+            engine, MetricLayer(STORM, "miou", "true"), out / "alpha-miou-true.pmtiles",
+            ArchiveFormat.pmtiles,
+        )  # fmt: skip
+        error = MetricLayer(STORM, "miou", "error")
+        result["error_cog"] = export_cog(engine, error, out / "alpha-miou-error.tif")
+        result["error_cog256"] = export_cog(
+            engine, error, out / "alpha-miou-error-256.tif", pixels_per_tile=256
+        )
+        result["model_ids"] = {s.value: engine.sources.source_id(s) for s in Source}
+        result["warm_model_calls"] = engine.model_calls + engine.sources.truth.flight.model_calls
+        result["model_process_started"] = engine.computer._pool is not None
+    finally:
+        engine.close()
+    return result
+
+
+@pytest.fixture(scope="module")
+def service(exports, source_exports, settings, tmp_path_factory) -> Iterator[ServiceProcess]:
     log = tmp_path_factory.mktemp("export-service") / "service.log"
     with ServiceProcess(settings.data_dir, settings.redis_url, log_path=log) as proc:
         yield proc
@@ -114,8 +153,14 @@ def client(service) -> Iterator[httpx.Client]:
         yield c
 
 
-def metric_url(z: int, x: int, y: int, fmt: str = "png") -> str:
-    return f"/storms/{STORM}/metrics/miou/tiles/WebMercatorQuad/{z}/{x}/{y}.{fmt}"
+def metric_url(z: int, x: int, y: int, fmt: str = "png", source: str = "predicted") -> str:
+    url = f"/storms/{STORM}/metrics/miou/tiles/WebMercatorQuad/{z}/{x}/{y}.{fmt}"
+    return url if source == "predicted" else f"{url}?source={source}"
+
+
+def values_computed(stdout: str) -> int:
+    """The "values computed" row of the export command's table."""
+    return int(stdout.split("values computed")[1].split()[1].strip("│|"))
 
 
 def rgba(content: bytes) -> np.ndarray:
@@ -128,38 +173,67 @@ def rgba(content: bytes) -> np.ndarray:
 def test_cold_export_computed_every_value_through_the_cli(exports):
     out = exports["cold_stdout"]
     assert "values computed" in out and "model calls" in out
-    computed = int(out.split("values computed")[1].split()[1].strip("│|"))
-    assert computed > 0  # the cache was empty: the model ran
+    assert values_computed(out) > 0  # the cache was empty: the model ran
 
 
-def test_pmtiles_archive_holds_the_services_tiles(exports, client):
+@pytest.mark.parametrize("source", ["predicted", "true", "error"])
+def test_pmtiles_archive_holds_the_services_tiles(exports, source_exports, client, source):
+    """Each source's archive (the error one written by ``export --source error``) holds the
+    service's ``?source=`` tiles byte for byte, with its legend (error: rdbu_r over -0.5..0.5
+    by default, as the service) and the model id of its values."""
+    path = exports["pmtiles"] if source == "predicted" else source_exports[source]
+    path = getattr(path, "path", path)
     info = client.get(f"/storms/{STORM}").json()
     zooms = info["minzoom"], max(info["maxzoom"], info["analysis_zoom"])
-    tilejson = client.get(f"/storms/{STORM}/metrics/miou/WebMercatorQuad/tilejson.json").json()
-    with open(exports["pmtiles"], "rb") as f:
-        source = MmapSource(f)
-        reader = Reader(source)
+    tilejson = client.get(
+        f"/storms/{STORM}/metrics/miou/WebMercatorQuad/tilejson.json", params={"source": source}
+    ).json()
+    with open(path, "rb") as f:
+        pm = MmapSource(f)
+        reader = Reader(pm)
         header, meta = reader.header(), reader.metadata()
-        tiles = {zxy: data for zxy, data in all_tiles(source)}
+        tiles = {zxy: data for zxy, data in all_tiles(pm)}
     assert header["tile_type"] == TileType.PNG
     assert (header["min_zoom"], header["max_zoom"]) == zooms == (meta["minzoom"], meta["maxzoom"])
     assert meta["bounds"] == pytest.approx(info["bounds"])
     assert meta["legend_stops"] == tilejson["legend_stops"]
-    assert meta["model_id"] == client.get("/healthz").json()["model_id"] == exports["model_id"]
-    assert meta["metric"] == "miou" and meta["source"] == "predicted" and meta["attribution"]
+    assert meta["colormap_name"] == tilejson["colormap_name"]
+    assert meta["rescale"] == pytest.approx(tilejson["rescale"])
+    assert meta["model_id"] == tilejson["model_id"] == source_exports["model_ids"][source]
+    assert meta["metric"] == "miou" and meta["source"] == source and meta["attribution"]
+    if source == "predicted":
+        assert meta["model_id"] == client.get("/healthz").json()["model_id"] == exports["model_id"]
+    if source == "error":
+        assert (meta["colormap_name"], meta["rescale"]) == ("rdbu_r", [-0.5, 0.5])
     assert {z for z, _, _ in tiles} == set(range(zooms[0], zooms[1] + 1))
     for (z, x, y), data in tiles.items():
-        r = client.get(metric_url(z, x, y))
+        r = client.get(metric_url(z, x, y, source=source))
         assert r.status_code == 200, (z, x, y)
         assert r.content == data, f"tile {z}/{x}/{y} differs from the service's"
         assert r.headers["X-IoU-Missing"] == "0"
+        assert r.headers["X-IoU-Model"] == meta["model_id"]
     # Every other tile around the storm is empty at the service too (204).
     for z in range(zooms[0], zooms[1] + 1):
         w, s, e, n = info["bounds"]
         pad = 360 / 2**z
         for t in mercantile.tiles(w - pad, s - pad, e + pad, n + pad, zooms=[z]):
             if (t.z, t.x, t.y) not in tiles:
-                assert client.get(metric_url(t.z, t.x, t.y)).status_code == 204, t
+                r = client.get(metric_url(t.z, t.x, t.y, source=source))
+                assert r.status_code == 204, t
+
+
+def test_true_and_error_exports_computed_only_the_true_values(exports, source_exports):
+    """``export --source error`` with every prediction cached computed the true values (the
+    segmentation model in a worker process); the exports after it made no model call."""
+    out = source_exports["cold_stdout"]
+    assert values_computed(out) > 0 and "aggregates written" in out
+    assert source_exports["true"].fill.computed == source_exports["true"].fill.model_calls == 0
+    assert source_exports["true"].fill.already_cached == source_exports["true"].fill.analysis_tiles
+    assert source_exports["error_cog"].fill.computed == 0
+    assert source_exports["warm_model_calls"] == 0
+    assert not source_exports["model_process_started"]
+    ids = source_exports["model_ids"]
+    assert ids["error"] == f"{ids['predicted']}+{ids['true']}" and ids["true"] != ids["predicted"]
 
 
 def test_export_from_a_warm_cache_makes_no_model_call(settings, exports, tmp_path, redis_server):
@@ -238,15 +312,19 @@ def test_mbtiles_archive_reads_in_gdal_as_the_services_tiles(exports, client):
 # --------------------------------------------------------------------------- COG
 
 
-def test_cog_is_valid_and_holds_the_point_values(exports, client, storm):
-    path = exports["cog"].path
+@pytest.mark.parametrize("source", ["predicted", "error"])
+def test_cog_is_valid_and_holds_the_point_values(exports, source_exports, client, storm, source):
+    """The COG's pixel at each analysis tile's centre is the point lookup's value there (for
+    ``error``: the lookup's ``?source=error``, predicted − true; NaN where it has none)."""
+    path = (exports["cog"] if source == "predicted" else source_exports["error_cog"]).path
     valid, errors, warnings = cog_validate(path)
     assert valid and not errors, (errors, warnings)
     with rasterio.open(path) as ds:
         assert ds.crs.to_epsg() == 3857 and ds.dtypes == ("float32",) and np.isnan(ds.nodata)
         assert ds.descriptions == ("miou",)
         tags = ds.tags()
-        assert tags["MODEL_ID"] == exports["model_id"] and tags["SOURCE"] == "predicted"
+        assert tags["MODEL_ID"] == source_exports["model_ids"][source]
+        assert tags["SOURCE"] == source
         band = ds.read(1)
         transform = ds.transform
     tiles = tiles_of(storm, 18)
@@ -261,24 +339,32 @@ def test_cog_is_valid_and_holds_the_point_values(exports, client, storm):
             if storm.coverage.contains(centre)
             else shapely.box(*b).intersection(storm.coverage).representative_point()
         )
-        r = client.get(f"/storms/{STORM}/point/{inside.x},{inside.y}")
+        r = client.get(f"/storms/{STORM}/point/{inside.x},{inside.y}", params={"source": source})
         row, col = rasterio.transform.rowcol(transform, *mercantile.xy(centre.x, centre.y))
         pixel = band[row, col]
-        if r.status_code == 404:  # no imagery in that tile
+        if r.status_code == 404:  # no imagery (for error: no true value) in that tile
             assert np.isnan(pixel)
             continue
         assert r.status_code == 200
         assert r.json()["tile"] == {"z": t.z, "x": t.x, "y": t.y, "bounds": list(b)}
+        assert r.json()["source"] == source
         value = r.json()["metrics"]["miou"]
         assert (np.isnan(pixel) and value is None) or np.float32(value) == pixel, (t, value)
-        found += 1
+        if source == "error" and value is not None:
+            both = r.json()["predicted"]["miou"], r.json()["true"]["miou"]
+            assert value == pytest.approx(both[0] - both[1], abs=1e-6)
+        found += int(value is not None)
     assert found > 0
     # One pixel per analysis tile: nothing else has a value.
     assert int((~np.isnan(band)).sum()) == found
 
 
-def test_cog_overviews_are_the_services_aggregated_tiles(exports, client, storm):
-    path = exports["cog256"].path
+@pytest.mark.parametrize("source", ["predicted", "error"])
+def test_cog_overviews_are_the_services_aggregated_tiles(
+    exports, source_exports, client, storm, source
+):
+    """Overviews are the service's aggregates (for ``error``: its mean absolute errors)."""
+    path = (exports["cog256"] if source == "predicted" else source_exports["error_cog256"]).path
     valid, errors, _ = cog_validate(path)
     assert valid and not errors
     with rasterio.open(path) as ds:
@@ -294,9 +380,13 @@ def test_cog_overviews_are_the_services_aggregated_tiles(exports, client, storm)
             band, transform = ds.read(1), ds.transform
         x0, y0 = (transform.c, transform.f)
         for t in tiles_at(storm, zoom - 4):  # the service shows these cells on tiles 4 up
-            r = client.get(metric_url(t.z, t.x, t.y, "npy"))
-            assert r.status_code == 200, t
-            service = np.load(io.BytesIO(r.content))[0]  # 256 x 256: 16 px per cell
+            r = client.get(metric_url(t.z, t.x, t.y, "npy", source))
+            assert r.status_code in (200, 204), t
+            service = (  # 256 x 256: 16 px per cell
+                np.load(io.BytesIO(r.content))[0]
+                if r.status_code == 200
+                else np.full((256, 256), np.nan, np.float32)
+            )
             for j in range(16):
                 for i in range(16):
                     cell = mercantile.Tile(t.x * 16 + i, t.y * 16 + j, zoom)
@@ -351,6 +441,21 @@ def test_stac_collection_of_the_storm_and_its_exports_validates(exports, storm, 
         pystac.validation.validate_dict(broken)
 
 
+def test_stac_catalogues_true_and_error_exports(source_exports, storm):
+    """An Item per map: the true one under the segmentation model's id, the error one under
+    both models' ids."""
+    result = write_storm_collection(storm, source_exports["dir"])
+    assert result.export_items == 2 and result.export_assets == 4
+    assert validate(result.collection_path) == 1 + 4 + 2
+    items = {i.id: i for i in pystac.Collection.from_file(str(result.collection_path)).get_items()}
+    ids = source_exports["model_ids"]
+    assert set(items[f"{STORM}-miou-true-{ids['true']}"].assets) == {"pmtiles"}
+    error = items[f"{STORM}-miou-error-{ids['error']}"]
+    assert set(error.assets) == {"pmtiles", "cog", "cog-256px"}
+    assert error.properties["iou_maps:source"] == "error"
+    assert error.properties["iou_maps:model_id"] == ids["error"]
+
+
 def test_stac_cli_writes_a_valid_collection(exports, settings, tmp_path):
     runner = CliRunner()
     r = runner.invoke(
@@ -373,13 +478,15 @@ def test_export_rejects_bad_options_naming_them(settings, tmp_path):
         MetricLayer(STORM, colormap_name="nope")
     with pytest.raises(ExportError, match="rescale"):
         MetricLayer(STORM, rescale=(1.0, 0.0))
+    with pytest.raises(ExportError, match="source 'nope'"):
+        MetricLayer(STORM, source="nope")
     runner = CliRunner()
     env = cli_env(settings)
     base = ["export", STORM, "--out", str(tmp_path / "x.pmtiles")]
     cases = [
         (["--format", "pmtiles", "--minzoom", "3"], "minzoom 3 is outside 10..19"),
         (["--format", "mbtiles", "--maxzoom", "25"], "maxzoom 25 is outside 10..19"),
-        (["--format", "pmtiles", "--source", "true"], "source 'true'"),
+        (["--format", "pmtiles", "--source", "nope"], "nope"),
         (["--format", "cog", "--layer", "imagery"], "--layer imagery"),
         (["--format", "pmtiles", "--tile-format", "tif"], "--tile-format"),
         (["--format", "pmtiles", "--rescale", "1"], "--rescale"),
@@ -403,3 +510,50 @@ def test_export_rejects_bad_options_naming_them(settings, tmp_path):
             )  # fmt: skip
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize(("source", "fmt"), [("true", "pmtiles"), ("error", "cog")])
+def test_export_of_true_values_without_labels_says_why(
+    with_bare,  # noqa: F811
+    settings,
+    tmp_path,
+    source,
+    fmt,
+):
+    """A storm without label rasters has no true (hence no error) values: exit 2 with the
+    engine's reason, before anything is computed or written."""
+    r = CliRunner().invoke(
+        app,
+        ["export", BARE, "--source", source, "--format", fmt, "--out", str(tmp_path / "x")],
+        env=cli_env(settings, with_bare.data_dir),
+    )
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert f"storm '{BARE}' has no label rasters: {source} metrics need labels" in text, text
+    assert "Traceback" not in r.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_of_true_values_without_a_segmentation_model_says_why(
+    served_data, settings, exports, tmp_path
+):
+    """Without the segmentation model of the true metrics, true and error exports are refused
+    naming it; predicted ones need only the regressor (here: its values cached)."""
+    data = tmp_path / "data"
+    shutil.copytree(served_data.data_dir / "storms", data / "storms")
+    regressor = Path("models", "tiny", "regressor")
+    shutil.copytree(served_data.data_dir / regressor, data / regressor)
+    out = tmp_path / "out"
+    env = cli_env(settings, data)
+    base = ["export", STORM, "--format", "cog"]
+    for source in ("true", "error"):
+        r = CliRunner().invoke(
+            app, [*base, "--source", source, "--out", str(out / "x.tif")], env=env
+        )
+        assert r.exit_code == 2, r.output
+        text = " ".join(r.output.split())
+        assert f"{source} metrics are unavailable: no segmentation model" in text, text
+        assert not out.exists()
+    r = CliRunner().invoke(app, [*base, "--out", str(out / "x.tif")], env=env)
+    assert r.exit_code == 0, r.output
+    assert (out / "x.tif").is_file()
