@@ -89,6 +89,7 @@ class Storm:
 
     @property
     def footprints_path(self) -> Path:
+        """Path of the storm's GeoParquet index of scene footprints."""
         return self.directory / FOOTPRINTS
 
     @cached_property
@@ -133,6 +134,7 @@ class Storm:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
+        """West, south, east, north of all scenes (EPSG:4326)."""
         w, s, e, n = self.footprints.total_bounds
         return float(w), float(s), float(e), float(n)
 
@@ -143,6 +145,7 @@ class Storm:
         return fp.iloc[np.sort(idx)]
 
     def scenes_at(self, lon: float, lat: float) -> gpd.GeoDataFrame:
+        """The scenes whose footprint contains ``lon, lat``."""
         return self.scenes_intersecting(shapely.Point(lon, lat))
 
 
@@ -154,6 +157,7 @@ class Catalog:
         self.storms_dir = self.data_dir / "storms"
 
     def storm_dir(self, name: str) -> Path:
+        """The folder of storm ``name`` (validated: no path tricks)."""
         return self.storms_dir / validate_storm_name(name)
 
     def names(self) -> list[str]:
@@ -167,6 +171,7 @@ class Catalog:
         )
 
     def storm(self, name: str) -> Storm:
+        """The ingested storm ``name``: InvalidStormName, StormNotFound."""
         directory = self.storm_dir(name)
         if not (directory / FOOTPRINTS).is_file():
             raise StormNotFound(f"unknown storm {name!r}; known: {', '.join(self.names()) or '-'}")
@@ -211,12 +216,16 @@ class SourceScene:
 
 @dataclass
 class Skipped:
+    """A source file that ingest left out, and why."""
+
     path: str
     reason: str
 
 
 @dataclass
 class IngestReport:
+    """What an ingest did: scenes ingested, unchanged and skipped."""
+
     storm: str
     ingested: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
@@ -428,6 +437,7 @@ def _read_with_corners(src: SourceScene) -> Raster:
 
 
 def read_source(src: SourceScene) -> Raster:
+    """The pixels, georeferencing and label of a source scene, however it is georeferenced."""
     return _read_with_corners(src) if src.corners else _read_georeferenced(src)
 
 

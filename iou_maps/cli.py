@@ -59,6 +59,7 @@ DataDir = Annotated[
 
 
 def settings(data_dir: Path | None = None) -> Settings:
+    """The settings from the environment, with the ``--data-dir`` option's folder if given."""
     s = Settings()
     if data_dir is not None:
         s.data_dir = data_dir
@@ -66,6 +67,7 @@ def settings(data_dir: Path | None = None) -> Settings:
 
 
 def progress_bar() -> Progress:
+    """A Rich progress bar on stderr (stdout stays for results)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -134,6 +136,7 @@ def print_table(
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``message`` as an error and return the Exit to raise (status ``code``)."""
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
 
@@ -148,6 +151,7 @@ class ImageFormat(StrEnum):
 
 
 def storm_name(value: str) -> str:
+    """Typer callback: the storm name, or a usage error naming the rule."""
     try:
         return validate_storm_name(value)
     except InvalidStormName as exc:
@@ -1043,6 +1047,7 @@ def _storm_or_exit(catalog: Catalog, name: str):
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """Console entry point."""
     app()
 
 

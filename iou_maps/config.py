@@ -83,8 +83,10 @@ class Settings(BaseSettings):
 
     @property
     def storms_dir(self) -> Path:
+        """Where the storms live."""
         return self.data_dir / "storms"
 
     @property
     def models_dir(self) -> Path:
+        """Where the models live."""
         return self.data_dir / "models"

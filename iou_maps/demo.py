@@ -20,6 +20,8 @@ Log = Callable[[str], None]
 
 @dataclass
 class DemoPlan:
+    """What the demo builds: its storms (sizes, seeds), model name and training length."""
+
     data_dir: Path
     storm: str = "hatteras"
     val_storm: str = "hatteras-val"
@@ -61,6 +63,7 @@ def ensure_segmentation(
     data_dir: Path, model: str, storms: list[Storm], zoom: int, *, epochs: int | None = None,
     progress: Progress = no_progress, log: Log = print,
 ):  # fmt: skip
+    """The segmentation model ``model``: loaded if it is there, else trained on ``storms``."""
     from iou_maps.models import load_segmentation_model
     from iou_maps.pipeline import train_segmentation_on
     from iou_maps.segmentation import save_segmentation

@@ -149,6 +149,7 @@ def tiles_frame(storm: str, tiles: Sequence[Tile], scenes, primary) -> dict[str,
 
 
 def tile_geometries(tiles: Sequence[Tile]) -> np.ndarray:
+    """Shapely boxes (EPSG:4326) of the tiles."""
     return tile_polygons(list(tiles))
 
 
@@ -221,5 +222,6 @@ def example_figure(
 
 
 def tile_center(t: Tile) -> tuple[float, float]:
+    """Longitude and latitude of the tile's centre."""
     b = mercantile.bounds(t)
     return (b.west + b.east) / 2, (b.south + b.north) / 2

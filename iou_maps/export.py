@@ -451,6 +451,7 @@ class ArchiveMetadata:
 
     @property
     def center(self) -> tuple[float, float, int]:
+        """Longitude, latitude and zoom of a good first view (the bounds' centre)."""
         w, s, e, n = self.bounds
         return (w + e) / 2, (s + n) / 2, self.minzoom
 
@@ -510,10 +511,12 @@ class PMTilesArchive:
         self.count = 0
 
     def write(self, tile: Tile, data: bytes) -> None:
+        """Add the bytes of tile ``tile`` to the archive."""
         self.writer.write_tile(zxy_to_tileid(tile.z, tile.x, tile.y), data)
         self.count += 1
 
     def finish(self, metadata: ArchiveMetadata) -> None:
+        """Write the header, directory and metadata, and close the archive."""
         w, s, e, n = metadata.bounds
         lon, lat, zoom = metadata.center
         header = {
@@ -554,6 +557,7 @@ class MBTilesArchive:
         self.count = 0
 
     def write(self, tile: Tile, data: bytes) -> None:
+        """Add the bytes of tile ``tile`` (identical tiles are stored once)."""
         digest = hashlib.sha256(data).hexdigest()
         if digest not in self.stored:
             self.db.execute("INSERT INTO images VALUES (?, ?)", (data, digest))
@@ -563,6 +567,7 @@ class MBTilesArchive:
         self.count += 1
 
     def finish(self, metadata: ArchiveMetadata) -> None:
+        """Write the metadata table and close the database."""
         self.db.executemany("INSERT INTO metadata VALUES (?, ?)", metadata.as_mbtiles().items())
         self.db.executescript(
             "CREATE UNIQUE INDEX map_index ON map (zoom_level, tile_column, tile_row);"

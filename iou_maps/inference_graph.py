@@ -96,6 +96,7 @@ class Branches(keras.layers.Layer):
         self.branches = max(1, int(branches))
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
+        """The network on the batch's parts, joined again in order."""
         if self.branches == 1:
             return self.network(x, training=False)
         # Equal parts, none empty (oneDNN's convolutions fail on an empty batch): a batch that
@@ -109,6 +110,7 @@ class Branches(keras.layers.Layer):
         return tf.nest.map_structure(lambda *xs: tf.concat(xs, axis=0)[:n], *parts)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
+        """The network's output shape (the batch is split and joined)."""
         return self.network.compute_output_shape(input_shape)
 
 

@@ -60,6 +60,7 @@ class Entry:
 
     @property
     def has_imagery(self) -> bool:
+        """False for the "no imagery here" marker."""
         return self.values is not None
 
 
@@ -77,6 +78,7 @@ def pack(values: np.ndarray | None, count: int = 1) -> bytes:
 
 
 def unpack(raw: bytes) -> Entry:
+    """The entry packed in ``raw`` (``pack``'s inverse); ValueError for corrupt bytes."""
     if not raw:
         return NO_IMAGERY
     if len(raw) not in (2 * NMETRICS, 2 * NMETRICS + 4):
@@ -205,6 +207,7 @@ class MetricStore:
         return n
 
     def ping(self) -> bool:
+        """Whether Redis answers."""
         try:
             return bool(self.client.ping())
         except (redis.RedisError, OSError):

@@ -66,12 +66,15 @@ class ChipPreprocessing(keras.layers.Layer):
         self.input_size = tuple(int(v) for v in input_size)
 
     def call(self, chips: Any) -> Any:
+        """The segmentation model's input of the chips."""
         return model_input(chips, self.input_size)
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
+        """(N, h, w, bands) at the model's input size."""
         return (input_shape[0], *self.input_size, input_shape[-1])
 
     def get_config(self) -> dict[str, Any]:
+        """The layer's configuration (for saving)."""
         return {**super().get_config(), "input_size": list(self.input_size)}
 
 
@@ -80,9 +83,11 @@ class ImageryMask(keras.layers.Layer):
     """1.0 where the chip has imagery (some band > 0; chips are zero outside it), else 0.0."""
 
     def call(self, chips: Any) -> Any:
+        """1.0 where some band has data."""
         return ops.cast(ops.max(chips, axis=-1, keepdims=True) > 0, "float32")
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
+        """(N, H, W, 1)."""
         return (*input_shape[:-1], 1)
 
 
@@ -96,18 +101,21 @@ class FlipAugmented(keras.layers.Layer):
         self.inverse = inverse
 
     def call(self, x: Any) -> Any:
+        """The four flips of the batch, or their average once unflipped."""
         if not self.inverse:
             return ops.concatenate([x, ops.flip(x, 1), ops.flip(x, 2), ops.flip(x, (1, 2))], 0)
         p = ops.split(x, 4, axis=0)
         return (p[0] + ops.flip(p[1], 1) + ops.flip(p[2], 2) + ops.flip(p[3], (1, 2))) / 4
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
+        """Four times the batch, or a quarter of it (``inverse``)."""
         n = input_shape[0]
         if n is not None:
             n = n // 4 if self.inverse else 4 * n
         return (n, *input_shape[1:])
 
     def get_config(self) -> dict[str, Any]:
+        """The layer's configuration (for saving)."""
         return {**super().get_config(), "inverse": self.inverse}
 
 
@@ -125,6 +133,7 @@ class SoftmaxStatistics(keras.layers.Layer):
     """
 
     def call(self, inputs: list[Any]) -> Any:
+        """The statistics (N, 2 × features) of softmax and imagery mask."""
         probs, valid = inputs
         p = ops.image.resize(probs, tuple(valid.shape[1:3]), interpolation="bilinear")
         nclasses = int(probs.shape[-1])
@@ -157,6 +166,7 @@ class SoftmaxStatistics(keras.layers.Layer):
         return ops.concatenate([stats, ops.log(stats + LOG_FLOOR)], axis=-1)
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
+        """(N, 2 × (classes × 10 + 3))."""
         nclasses = int(input_shape[0][-1])
         return (input_shape[0][0], 2 * (nclasses * (len(UNSURE_BELOW) + 7) + 3))
 
@@ -172,6 +182,7 @@ class MeanOverCountedClasses(keras.layers.Layer):
     """
 
     def call(self, inputs: list[Any]) -> Any:
+        """The metric vector (N, classes + 2): per-class IoU, mIoU, Dice."""
         iou, presence, dice, stats = inputs
         nclasses = int(iou.shape[-1])
         predicted = ops.cast(stats[:, :nclasses] > 0, iou.dtype)
@@ -182,4 +193,5 @@ class MeanOverCountedClasses(keras.layers.Layer):
         return ops.concatenate([iou, miou, dice], axis=-1)
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
+        """(N, classes + 2)."""
         return (input_shape[0][0], int(input_shape[0][-1]) + 2)

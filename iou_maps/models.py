@@ -11,6 +11,7 @@ MODEL_NAME_RE = STORM_NAME_RE  # same rule: a plain folder name, no path tricks
 
 
 def validate_model_name(name: str) -> str:
+    """``name`` if it is a plain folder name (ValueError otherwise: no path tricks)."""
     if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid model name {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-'"
@@ -19,18 +20,22 @@ def validate_model_name(name: str) -> str:
 
 
 def model_dir(data_dir: Path, name: str) -> Path:
+    """The folder of model ``name`` under the data directory."""
     return Path(data_dir) / "models" / validate_model_name(name)
 
 
 def segmentation_dir(data_dir: Path, name: str) -> Path:
+    """The segmentation_gym model folder of model ``name``."""
     return model_dir(data_dir, name) / "segmentation"
 
 
 def regressor_dir(data_dir: Path, name: str) -> Path:
+    """The metric regressor folder of model ``name``."""
     return model_dir(data_dir, name) / "regressor"
 
 
 def load_segmentation_model(data_dir: Path, name: str):
+    """The segmentation model of model ``name`` (ModelNotFound if it has none)."""
     from iou_maps.segmentation import load_segmentation
 
     path = segmentation_dir(data_dir, name)

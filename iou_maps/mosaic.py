@@ -11,7 +11,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +124,7 @@ class OpenScenes:
 
     @contextmanager
     def open(self, path: str) -> Iterator[Any]:
+        """An open dataset of ``path`` for this thread's use, put back afterwards."""
         st = os.stat(path)
         key = (str(path), st.st_ino, st.st_mtime_ns)
         with self._lock:
@@ -158,6 +159,7 @@ class OpenScenes:
             ds.close()
 
     def close(self) -> None:
+        """Close every idle dataset."""
         with self._lock:
             handles = [ds for hs in self._idle.values() for ds in hs]
             self._idle.clear()
@@ -184,6 +186,7 @@ class SceneReader(Reader):
             raise SceneReadError(f"scene {_scene_name(self.input)}: {exc}") from exc
 
     def tile(self, *args: Any, **kwargs: Any) -> ImageData:
+        """rio-tiler's tile read, naming the scene when its file is unreadable."""
         try:
             return super().tile(*args, **kwargs)
         except TileOutsideBounds:
@@ -373,13 +376,30 @@ class StormBackend(BaseBackend):
         rows = np.sort(self._tree.query(geometry, predicate="intersects"))
         return [p for p in self._paths[rows] if p]
 
+    def assets_for_tiles(self, tiles: Sequence[mercantile.Tile]) -> list[list[str]]:
+        """``assets_for_tile`` of many tiles at once (one spatial-index query): per tile, the
+        paths of the scenes under it, in the footprints' order."""
+        out: list[list[str]] = [[] for _ in tiles]
+        if not tiles:
+            return out
+        bounds = np.array([mercantile.bounds(t) for t in tiles], np.float64)
+        boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+        tile_idx, scene_idx = self._tree.query(boxes, predicate="intersects")
+        order = np.lexsort((scene_idx, tile_idx))  # per tile, its scenes in footprints order
+        for i, j in zip(tile_idx[order].tolist(), scene_idx[order].tolist(), strict=True):
+            if self._paths[j]:
+                out[i].append(str(self._paths[j]))
+        return out
+
     def assets_for_tile(self, x: int, y: int, z: int, **kwargs: Any) -> list[str]:
+        """Paths of the scenes under tile ``z/x/y``, in the footprints' order."""
         w, s, e, n = mercantile.bounds(x, y, z)
         return self._assets(shapely.box(w, s, e, n))
 
     def assets_for_point(
         self, lng: float, lat: float, coord_crs: CRS | None = None, **kwargs: Any
     ) -> list[str]:
+        """Paths of the scenes at a point."""
         if coord_crs and coord_crs != WGS84_CRS:
             lng, lat, _, _ = transform_bounds(coord_crs, WGS84_CRS, lng, lat, lng, lat)
         return self._assets(shapely.Point(lng, lat))
@@ -393,6 +413,7 @@ class StormBackend(BaseBackend):
         coord_crs: CRS | None = None,
         **kwargs: Any,
     ) -> list[str]:
+        """Paths of the scenes meeting a bounding box."""
         if coord_crs and coord_crs != WGS84_CRS:
             xmin, ymin, xmax, ymax = transform_bounds(coord_crs, WGS84_CRS, xmin, ymin, xmax, ymax)
         return self._assets(shapely.box(xmin, ymin, xmax, ymax))
@@ -417,6 +438,7 @@ class StormBackend(BaseBackend):
             ) from None
 
     def asset_name(self, asset: Any) -> str:
+        """The scene id of a path (responses show ids, not server paths)."""
         # Scene ids, not server paths, are what responses may show.
         return _scene_name(asset)
 
@@ -431,6 +453,7 @@ class FirstFill(FirstMethod):
     """
 
     def feed(self, array: np.ma.MaskedArray) -> None:
+        """Add a scene's pixels where the mosaic has none yet."""
         if self.mosaic is None:
             self.mosaic = np.ma.MaskedArray(array.data, mask=np.ma.getmaskarray(array))
             return
@@ -505,25 +528,17 @@ def read_grid_tiles(
     out: list[np.ma.MaskedArray | None | OffGrid | SceneReadError] = [None] * len(tiles)
     if not tiles:
         return out
-    paths = backend._paths  # the same array and index assets_for_tile picks from
-    bounds = np.array([mercantile.bounds(t) for t in tiles], np.float64)
-    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
-    tile_idx, scene_idx = backend._tree.query(boxes, predicate="intersects")
-    order = np.lexsort((scene_idx, tile_idx))  # per tile, its scenes in footprints order
-    assets: dict[int, list[int]] = {}
-    for i, j in zip(tile_idx[order].tolist(), scene_idx[order].tolist(), strict=True):
-        if paths[j]:
-            assets.setdefault(i, []).append(j)
+    assets = backend.assets_for_tiles(tiles)  # the scenes assets_for_tile picks
     with ExitStack() as stack:
-        opened: dict[int, Any] = {}
+        opened: dict[str, Any] = {}
 
-        def block(j: int, tile: mercantile.Tile) -> np.ma.MaskedArray | None:
-            """Tile ``tile`` of scene ``j`` (None: outside it); OffGrid, SceneReadError."""
+        def block(path: str, tile: mercantile.Tile) -> np.ma.MaskedArray | None:
+            """Tile ``tile`` of scene ``path`` (None: outside it); OffGrid, SceneReadError."""
             try:
-                if j not in opened:
+                if path not in opened:
                     opener = backend.scenes.open if backend.scenes is not None else rasterio.open
-                    opened[j] = stack.enter_context(opener(paths[j]))
-                ds = opened[j]
+                    opened[path] = stack.enter_context(opener(path))
+                ds = opened[path]
                 window = grid_window(ds.transform, mercantile.xy_bounds(tile), tilesize, tilesize)
                 on_grid = window is not None and ds.crs == WEB_MERCATOR_TMS.rasterio_crs
                 if not on_grid or not _plain_nodata(ds, ds.nodata):
@@ -535,14 +550,14 @@ def read_grid_tiles(
             except OffGrid:
                 raise
             except Exception as exc:  # rasterio raises many types for a bad file
-                name = _scene_name(paths[j])
+                name = _scene_name(path)
                 raise SceneReadError(f"scene {name}: {type(exc).__name__}: {exc}") from exc
 
         for i, t in enumerate(tiles):
-            scenes = assets.get(i, [])
+            scenes = assets[i]
             for _attempt in (1, 2):
                 try:
-                    out[i] = _grid_mosaic(scenes, lambda j, t=t: block(j, t))
+                    out[i] = _grid_mosaic(scenes, lambda path, t=t: block(path, t))
                     break
                 except OffGrid as exc:
                     out[i] = exc
@@ -555,12 +570,12 @@ def read_grid_tiles(
 
 
 def _grid_mosaic(
-    scenes: list[int], block: Callable[[int], np.ma.MaskedArray | None]
+    scenes: list[str], block: Callable[[str], np.ma.MaskedArray | None]
 ) -> np.ma.MaskedArray | None:
     """FirstFill over the tile's blocks of ``scenes`` in order, as rio-tiler's mosaic does."""
     selection = FirstFill()
-    for j in scenes:
-        pixels = block(j)
+    for path in scenes:
+        pixels = block(path)
         if pixels is None:
             continue
         if selection.mosaic is None and pixels.mask is np.ma.nomask:

@@ -31,6 +31,7 @@ Progress = Callable[[str, int | None], Callable[[int], None]]
 
 
 def no_progress(_description: str, _total: int | None) -> Callable[[int], None]:
+    """A Progress factory that draws nothing."""
     return lambda _n: None
 
 
@@ -94,6 +95,8 @@ def train_segmentation_on(
 
 @dataclass
 class Evaluation:
+    """An ``evaluate`` result: the per-tile table, the chips and the predicted class maps."""
+
     table: gpd.GeoDataFrame
     chips: ChipSet
     predictions: np.ndarray
@@ -126,6 +129,9 @@ def evaluate_storm(storm: Storm, seg, zoom: int, *, progress: Progress = no_prog
 
 @dataclass
 class TrainingSet:
+    """The regressor's training data: chips, target metric vectors, the scenes of each tile,
+    and where they came from."""
+
     images: np.ndarray
     targets: np.ndarray
     scene_sets: list[frozenset[str]]

@@ -203,6 +203,7 @@ def features_model(model: keras.Model) -> keras.Model:
 
 
 def head_count(model: keras.Model) -> int:
+    """How many dense heads the regressor averages."""
     return sum(1 for layer in model.layers if layer.name.endswith("_out"))
 
 
@@ -341,14 +342,17 @@ class Regressor:
 
     @property
     def model_id(self) -> str:
+        """The model id (a hash of the weights and metadata; part of every cache key)."""
         return str(self.metadata["model_id"])
 
     @property
     def analysis_zoom(self) -> int:
+        """The zoom of the analysis tiles the regressor was trained on."""
         return int(self.metadata["analysis_zoom"])
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """The segmentation model's input size (height, width)."""
         return tuple(self.metadata["input_size"])  # type: ignore[return-value]
 
     def outputs(self, chips: np.ndarray) -> RegressorOutputs:

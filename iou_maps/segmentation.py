@@ -100,6 +100,31 @@ def _as_bool(d: Mapping[str, Any], key: str, default: Any = None) -> bool:
     raise ConfigError(f"{key} must be true or false, got {v!r}")
 
 
+def _check_keys(d: Any) -> None:
+    """ConfigError unless ``d`` is a mapping of known keys holding every required one."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - KNOWN_CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    missing = sorted(REQUIRED_CONFIG_KEYS - set(d))
+    if missing:
+        raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
+
+
+def _target_size(ts: Any) -> tuple[int, int]:
+    """TARGET_SIZE as (height, width): two positive ints, multiples of _SIZE_MULTIPLE."""
+    if (
+        not isinstance(ts, list | tuple)
+        or len(ts) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ts)
+    ):
+        raise ConfigError(f"TARGET_SIZE must be [height, width] positive ints, got {ts!r}")
+    if any(v % _SIZE_MULTIPLE for v in ts):
+        raise ConfigError(f"TARGET_SIZE {list(ts)} must be multiples of {_SIZE_MULTIPLE}")
+    return int(ts[0]), int(ts[1])
+
+
 @dataclass(frozen=True)
 class SegmentationConfig:
     """The fields of a segmentation_gym config this module uses, plus the raw dict."""
@@ -129,30 +154,15 @@ class SegmentationConfig:
     def from_dict(
         cls, d: Mapping[str, Any], *, expected_classes: int | None = NCLASSES
     ) -> SegmentationConfig:
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
-        unknown = sorted(set(d) - KNOWN_CONFIG_KEYS)
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-        missing = sorted(REQUIRED_CONFIG_KEYS - set(d))
-        if missing:
-            raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
-
+        """The config of a segmentation_gym dict, checked (ConfigError names what is wrong)."""
+        _check_keys(d)
         model = d["MODEL"]
         if model not in SUPPORTED_MODELS:
             raise ConfigError(
                 f"MODEL {model!r} is not supported; supported: {', '.join(SUPPORTED_MODELS)}"
                 " (segformer and satunet are not implemented)"
             )
-        ts = d["TARGET_SIZE"]
-        if (
-            not isinstance(ts, list | tuple)
-            or len(ts) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ts)
-        ):
-            raise ConfigError(f"TARGET_SIZE must be [height, width] positive ints, got {ts!r}")
-        if any(v % _SIZE_MULTIPLE for v in ts):
-            raise ConfigError(f"TARGET_SIZE {list(ts)} must be multiples of {_SIZE_MULTIPLE}")
+        ts = _target_size(d["TARGET_SIZE"])
 
         nclasses = _as_int(d, "NCLASSES")
         if nclasses < 2:
@@ -184,7 +194,7 @@ class SegmentationConfig:
             raise ConfigError(f"LOSS must be a string, got {loss!r}")
 
         return cls(
-            target_size=(int(ts[0]), int(ts[1])),
+            target_size=ts,
             nclasses=nclasses,
             model=model,
             filters=filters,
@@ -211,6 +221,7 @@ class SegmentationConfig:
     def from_json(
         cls, path: str | Path, *, expected_classes: int | None = NCLASSES
     ) -> SegmentationConfig:
+        """The config of a segmentation_gym JSON file (see ``from_dict``)."""
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -466,6 +477,8 @@ def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class SegmentationModel:
+    """A segmentation_gym model with its config: prediction as segmentation_gym predicts."""
+
     cfg: SegmentationConfig
     model: keras.Model
 
@@ -735,6 +748,7 @@ def masked_dice_loss(y_true: Any, y_pred: Any) -> Any:
 
 
 def masked_accuracy(y_true: Any, y_pred: Any) -> Any:
+    """Pixel accuracy over labelled pixels (nodata left out)."""
     mask = _valid_mask(y_true)
     hit = ops.cast(ops.argmax(y_true, -1) == ops.argmax(y_pred, -1), "float32")
     return ops.sum(hit * mask) / ops.maximum(ops.sum(mask), 1.0)

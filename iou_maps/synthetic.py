@@ -57,6 +57,8 @@ Array = np.ndarray
 
 @dataclass
 class SyntheticScene:
+    """One generated scene: its id, flight, image and label files, and time."""
+
     scene_id: str
     flight: str
     image_path: Path
@@ -66,6 +68,8 @@ class SyntheticScene:
 
 @dataclass
 class SyntheticStorm:
+    """A generated storm: its scenes and where they were written."""
+
     name: str
     out_dir: Path
     scenes: list[SyntheticScene]

@@ -155,6 +155,7 @@ class TileCache:
         return n
 
     def ping(self) -> bool:
+        """Whether the tile cache answers."""
         try:
             return bool(self.client.ping())
         except (redis.RedisError, OSError):

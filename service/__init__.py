@@ -1,0 +1,1 @@
+"""The IoU Maps web service: a FastAPI application built from titiler factories."""

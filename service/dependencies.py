@@ -39,6 +39,7 @@ class CachedColorMaps(ColorMaps):
     """rio-tiler's colormaps, each loaded from its .npy file once per process, not per tile."""
 
     def get(self, name: str) -> ColorMapType:
+        """The colormap ``name``, loaded once per process."""
         cache: dict[str, ColorMapType] = self.__dict__.setdefault("_loaded", {})
         if name not in cache:
             cache[name] = super().get(name)

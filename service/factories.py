@@ -92,7 +92,7 @@ from service.models import (
 WEB_MERCATOR_URI = f"<{CRS_to_uri(WEB_MERCATOR)}>"
 
 #: Response headers of a metric tile (exposed to browsers through CORS).
-METRIC_HEADERS = (
+MISSING, CACHED, COMPUTED, MODEL, CACHE, SOURCE = METRIC_HEADERS = (
     "X-IoU-Missing", "X-IoU-Cached", "X-IoU-Computed", "X-IoU-Model", "X-IoU-Cache",
     "X-IoU-Source",
 )  # fmt: skip
@@ -108,6 +108,12 @@ TMSId = Annotated[
 def zoom_range(engine: MetricEngine, storm: Storm) -> tuple[int, int]:
     """Zooms of the metric layers: the storm's imagery zooms, extended to the analysis zoom."""
     return metric_zoom_range(engine.storm(storm.name).storm, engine.analysis_zoom)
+
+
+def layer_query(request: Request) -> str:
+    """The request's query string for the tile URLs of a layer description (TileJSON, WMTS):
+    every parameter but ``tile_format``, which picks the URLs' format instead."""
+    return urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "tile_format"])
 
 
 def _rescale(
@@ -209,6 +215,7 @@ class StormMosaicFactory(MosaicTilerFactory):
     add_viewer: bool = False
 
     def assets(self) -> None:
+        """Left out: it would return scene file paths on the server."""
         return None
 
 
@@ -239,6 +246,7 @@ class MetricTilerFactory(BaseFactory):
     wmts_templates: Jinja2Templates = field(default=WMTS_TEMPLATES)
 
     def register_routes(self) -> None:
+        """The metric tile, TileJSON and WMTS routes."""
         self.tile()
         self.tilejson()
         self.wmts()
@@ -273,12 +281,12 @@ class MetricTilerFactory(BaseFactory):
             grid.values, grid.has_imagery, tile, metric, format, cmap, rescale
         )
         headers = {
-            "X-IoU-Missing": str(grid.missing),
-            "X-IoU-Cached": str(grid.cached),
-            "X-IoU-Computed": str(grid.computed),
-            "X-IoU-Model": self.engine.sources.source_id(grid.source),
-            "X-IoU-Cache": "ok" if grid.cache_ok else "unavailable",
-            "X-IoU-Source": grid.source.value,
+            MISSING: str(grid.missing),
+            CACHED: str(grid.cached),
+            COMPUTED: str(grid.computed),
+            MODEL: self.engine.sources.source_id(grid.source),
+            CACHE: "ok" if grid.cache_ok else "unavailable",
+            SOURCE: grid.source.value,
             "Content-Bbox": ",".join(map(str, mercantile.xy_bounds(tile))),
             "Content-Crs": WEB_MERCATOR_URI,
         }
@@ -311,6 +319,7 @@ class MetricTilerFactory(BaseFactory):
         return self._render(grid, metric, format, cmap, rescale, validator=validator)
 
     def tile(self) -> None:
+        """Register the metric tile route."""
         engine = self.engine
 
         @self.router.get(
@@ -396,6 +405,7 @@ class MetricTilerFactory(BaseFactory):
                 )
 
     def tilejson(self) -> None:
+        """Register the metric TileJSON route."""
         engine = self.engine
 
         @self.router.get(
@@ -431,9 +441,9 @@ class MetricTilerFactory(BaseFactory):
                 y="{y}",
                 format=tile_format.value,
             )
-            qs = [(k, v) for k, v in request.query_params.multi_items() if k != "tile_format"]
+            qs = layer_query(request)
             if qs:
-                url += f"?{urlencode(qs)}"
+                url += f"?{qs}"
             vmin, vmax = _rescale(render_params, source)
             name = request.query_params.get("colormap_name")
             if colormap is None and not request.query_params.get("colormap"):
@@ -458,6 +468,7 @@ class MetricTilerFactory(BaseFactory):
             )
 
     def wmts(self) -> None:
+        """Register the metric WMTS capabilities route."""
         engine = self.engine
 
         @self.router.get(
@@ -484,9 +495,7 @@ class MetricTilerFactory(BaseFactory):
             """RESTful WMTS capabilities (titiler's template) of one metric layer."""
             engine.check_source(storm.name, source)  # NoLabels: 404
             minzoom, maxzoom = zoom_range(engine, storm)
-            qs = urlencode(
-                [(k, v) for k, v in request.query_params.multi_items() if k != "tile_format"]
-            )
+            qs = layer_query(request)
             layers = []
             matrix_sets = []
             for tms_id in self.supported_tms.list():
@@ -540,12 +549,14 @@ class StormsFactory(BaseFactory):
     queue: ComputeQueue = field(factory=lambda: ComputeQueue(256))
 
     def register_routes(self) -> None:
+        """The storm list, storm detail, summary and point routes."""
         self.list_storms()
         self.storm_detail()
         self.summary()
         self.point()
 
     def info(self, request: Request, storm: Storm) -> StormInfo:
+        """The description of a storm, with links to its layers."""
         backend = self.engine.storm(storm.name).backend
         fp = storm.footprints
         w, s, e, n = storm.bounds
@@ -580,6 +591,8 @@ class StormsFactory(BaseFactory):
         )
 
     def list_storms(self) -> None:
+        """Register the storm list route."""
+
         @self.router.get(
             "/storms",
             summary="List the storms",
@@ -592,6 +605,8 @@ class StormsFactory(BaseFactory):
             return StormList(storms=[self.info(request, self.engine.storm(n).storm) for n in names])
 
     def storm_detail(self) -> None:
+        """Register the storm detail route."""
+
         @self.router.get(
             "/storms/{storm}",
             summary="One storm",
@@ -605,6 +620,8 @@ class StormsFactory(BaseFactory):
             return self.info(request, storm)
 
     def summary(self) -> None:
+        """Register the storm summary route."""
+
         @self.router.get(
             "/storms/{storm}/summary",
             summary="What the cache knows about a storm",
@@ -647,6 +664,8 @@ class StormsFactory(BaseFactory):
             )
 
     def point(self) -> None:
+        """Register the metric point lookup route."""
+
         @self.router.get(
             "/storms/{storm}/point/{lon},{lat}",
             summary="Metrics at a coordinate",
@@ -719,6 +738,8 @@ class HealthFactory(BaseFactory):
     queue: ComputeQueue = field(factory=lambda: ComputeQueue(256))
 
     def register_routes(self) -> None:
+        """The health route."""
+
         @self.router.get(
             "/healthz",
             summary="Service health",

@@ -113,6 +113,7 @@ class Validator:
     cache_control: str
 
     def etag(self, *extra: str) -> str:
+        """The strong ETag of the response, from what determines its bytes (and ``extra``)."""
         return strong_etag(self.base, *extra)
 
     def not_modified(self, etag: str) -> Response | None:
@@ -124,6 +125,7 @@ class Validator:
         return None
 
     def headers(self, etag: str) -> dict[str, str]:
+        """The caching headers of a response with ``etag``."""
         return {"ETag": etag, "Cache-Control": self.cache_control}
 
 
@@ -143,6 +145,7 @@ class HttpCaching:
     # ------------------------------------------------------------------ policy
 
     def cache_control(self, kind: Kind) -> str:
+        """The Cache-Control value for a response of ``kind``."""
         if kind == "metadata":
             return f"public, max-age={self.metadata_max_age}"
         control = f"public, max-age={self.max_age}"

@@ -11,6 +11,8 @@ from iou_maps.classes import METRICS, Source
 
 
 class Link(BaseModel):
+    """A link to a related resource."""
+
     href: str
     rel: str
     title: str | None = None
@@ -42,10 +44,14 @@ class StormInfo(BaseModel):
 
 
 class StormList(BaseModel):
+    """Every ingested storm."""
+
     storms: list[StormInfo]
 
 
 class AnalysisTile(BaseModel):
+    """An analysis tile: its address and bounds."""
+
     z: int
     x: int
     y: int
@@ -100,6 +106,8 @@ class TileCounts(BaseModel):
 
 
 class HistogramBin(BaseModel):
+    """One bin of a histogram of predicted mIoU."""
+
     min: float
     max: float
     count: int
@@ -134,6 +142,8 @@ class StormSummary(BaseModel):
 
 
 class Health(BaseModel):
+    """The service's health: Redis, the model and its counters."""
+
     status: Literal["ok", "degraded"] = Field(description="degraded: Redis is unreachable.")
     redis: bool = Field(description="Redis answered a PING.")
     model_id: str
@@ -156,6 +166,8 @@ class Health(BaseModel):
 
 
 class LegendStop(BaseModel):
+    """One colour stop of a legend."""
+
     value: float
     color: str = Field(description="#rrggbb")
 
@@ -172,4 +184,6 @@ class MetricTileJSON(TileJSON):
 
 
 class ErrorDetail(BaseModel):
+    """An error response."""
+
     detail: str

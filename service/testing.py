@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -62,6 +63,7 @@ class ServiceProcess:
         self._log = None
 
     def start(self) -> ServiceProcess:
+        """Start the server and wait until /healthz answers."""
         cmd = [
             sys.executable, "-m", "uvicorn", "service.app:app_from_env", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
@@ -87,6 +89,7 @@ class ServiceProcess:
             time.sleep(0.2)
 
     def log_tail(self, n: int = 4000) -> str:
+        """The end of the server's log."""
         if self.log_path and self.log_path.exists():
             return self.log_path.read_text(errors="replace")[-n:]
         return ""
@@ -108,9 +111,11 @@ class ServiceProcess:
         return [k.pid for k in kids if not any(spawned(c) for c in k.children())]
 
     def alive(self) -> bool:
+        """Whether the server process runs."""
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
+        """Stop the server (terminate, then kill)."""
         if self.proc is not None:
             self.proc.terminate()
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,12 +12,7 @@ import pytest
 import redis
 
 import iou_maps  # noqa: F401  (sets TensorFlow's environment before any test imports it)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from service.testing import free_port
 
 
 def redis_server_binary() -> str:
