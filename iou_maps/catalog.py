@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import geopandas as gpd
 import numpy as np
@@ -441,14 +442,20 @@ def read_source(src: SourceScene) -> Raster:
     return _read_with_corners(src) if src.corners else _read_georeferenced(src)
 
 
+#: Resampling methods that rio-cogeo takes both for the data and the overviews.
+CogResampling = Literal[
+    "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "rms"
+]
+
+
 def _write_cog(
     array: np.ndarray,
     dst: Path,
     crs: RioCRS,
     transform: Affine,
     nodata: int,
-    resampling: str,
-    overview_resampling: str,
+    resampling: CogResampling,
+    overview_resampling: CogResampling,
     tags: dict[str, str] | None = None,
 ) -> None:
     """Write ``array`` (bands, H, W) as a web-optimized COG at ``dst``, atomically.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -740,9 +741,7 @@ def demo(
             task = bar.add_task(f"precompute {storm.name} {source.value}", total=None, rate="")
             summary = precompute(
                 engine, storm.name, source=source,
-                progress=lambda done, total, task=task: bar.update(
-                    task, completed=done, total=total
-                ),
+                progress=functools.partial(_draw_progress, bar, task),
             )  # fmt: skip
         out.print(
             f"precompute {storm.name} {source.value}: {summary.computed} computed, "
@@ -1037,6 +1036,11 @@ def _precompute_on_cluster(
             client, s, storm, source=source, bbox=box, refresh=refresh, batch_size=batch_size,
             read_threads=workers, progress=progress,
         )  # fmt: skip
+
+
+def _draw_progress(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    """Move ``bar``'s ``task`` to ``done`` of ``total``."""
+    bar.update(task, completed=done, total=total)
 
 
 def _storm_or_exit(catalog: Catalog, name: str):

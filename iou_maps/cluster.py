@@ -103,7 +103,9 @@ def fill_block(
 ) -> FillCounts:
     """A Dask task: compute and store the ``source`` entries of ``tiles`` with the worker's
     engine (its regressor, or its segmentation model for true values)."""
-    engine = get_worker().plugins[plugin].engine
+    engine_plugin = get_worker().plugins[plugin]
+    assert isinstance(engine_plugin, EngineOnWorker) and engine_plugin.engine is not None
+    engine = engine_plugin.engine
     store = engine.sources.channel(source).store
     if store is None:
         raise CacheUnavailable("the worker has no Redis to store values in")

@@ -36,7 +36,10 @@ INFERENCE_NICENESS = 10
 class Predictor(Protocol):
     """What computing needs of a metric regressor."""
 
-    model_id: str
+    @property
+    def model_id(self) -> str:
+        """The regressor's model id."""
+        ...
 
     def predict(self, chips: np.ndarray) -> np.ndarray:
         """(N, 256, 256, 3) uint8 → (N, 6) float32."""
@@ -60,7 +63,10 @@ class Computed:
 class Computer(Protocol):
     """Computes entries of analysis tiles of a storm (no cache read or write)."""
 
-    model_id: str
+    @property
+    def model_id(self) -> str:
+        """The id of the model behind the values (part of their cache keys)."""
+        ...
 
     def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
         """Read and infer ``tiles``; failures are returned, not raised."""
@@ -121,7 +127,7 @@ class LocalComputer:
                 todo.append(read)
         for start in range(0, len(todo), self.max_batch):
             part = todo[start : start + self.max_batch]
-            values = self.infer(np.stack([r.chip for r in part]))
+            values = self.infer(np.stack([r.chip for r in part if r.chip is not None]))
             out.model_calls += 1
             for read, v in zip(part, values, strict=True):
                 # Served as stored: the tile's bytes do not change once it is cached.

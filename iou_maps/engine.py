@@ -19,10 +19,10 @@ regressor) and ``true`` values (the segmentation model against the labels, ``iou
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections.abc import Sequence
+from typing import cast
 
 import mercantile
 import numpy as np
@@ -37,20 +37,13 @@ from iou_maps.compute import Computer, LocalComputer, Predictor, ProcessComputer
 from iou_maps.config import Settings
 from iou_maps.errors import ModelNotFound, OutsideStorm
 from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
-from iou_maps.metric_store import (
-    NO_IMAGERY,
-)
+from iou_maps.metric_store import NO_IMAGERY
 from iou_maps.mosaic import LoadedStorm, OpenScenes, OpenStorms
 from iou_maps.single_flight import LOCK_WAIT
 from iou_maps.sources import NoCache, Sources, difference
 from iou_maps.summary import StormSummary, summarize
 from iou_maps.tile_values import PointValues, TileGrid, Values
-from iou_maps.truth import (
-    SegmentationSource,
-    TruthComputer,
-)
-
-log = logging.getLogger(__name__)
+from iou_maps.truth import SegmentationSource, TruthComputer
 
 #: A metric tile at zoom z is drawn as a grid of cells at zoom min(za, z + GRID_LEVELS).
 GRID_LEVELS = 4
@@ -80,14 +73,18 @@ class MetricEngine:
     ) -> None:
         self.catalog = catalog
         self.storms = OpenStorms(catalog)
-        if not isinstance(computer, LocalComputer | ProcessComputer):
-            computer = LocalComputer(computer, self.storms, ChipReader(read_threads), max_batch)
+        if not isinstance(computer, LocalComputer | ProcessComputer):  # a regressor: run it here
+            computer = LocalComputer(cast(Predictor, computer), self.storms,
+                                     ChipReader(read_threads), max_batch)  # fmt: skip
         self.computer: Computer = computer
         self.analysis_zoom = analysis_zoom
         self.budget = budget
-        if isinstance(truth, SegmentationSource):
-            truth = TruthComputer(truth, self.storms, read_threads)
-        self.sources = Sources(computer, truth, client, lock_wait, truth_missing)
+        truth_computer: Computer | None = (
+            TruthComputer(truth, self.storms, read_threads)
+            if isinstance(truth, SegmentationSource)
+            else truth
+        )
+        self.sources = Sources(self.computer, truth_computer, client, lock_wait, truth_missing)
         self.store = self.sources.predicted.store
         self.cache = self.sources.predicted.cache
         self.flight = self.sources.predicted.flight
@@ -338,12 +335,6 @@ def open_engine(
         computer, zoom = regressor, regressor.analysis_zoom
         truth = segmentation
     client = connect(settings.redis_url, settings.data_dir)
-    return MetricEngine(
-        Catalog(settings.data_dir),
-        computer,
-        client,
-        zoom,
-        settings.compute_budget if budget is None else budget,
-        truth=truth,
-        truth_missing=truth_missing,
-    )
+    budget = settings.compute_budget if budget is None else budget
+    return MetricEngine(Catalog(settings.data_dir), computer, client, zoom, budget, truth=truth,
+                        truth_missing=truth_missing)  # fmt: skip

@@ -128,9 +128,13 @@ def read_chips(
                 kept.append(res)
     size = 256
     images = np.stack([k[1] for k in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
-    labels = None
+    labels: np.ndarray | None = None
     if labelled:
-        labels = np.stack([k[2] for k in kept]) if kept else np.zeros((0, size, size), np.uint8)
+        labels = (
+            np.stack([k[2] for k in kept if k[2] is not None])
+            if kept
+            else np.zeros((0, size, size), np.uint8)
+        )
     kept_tiles = [k[0] for k in kept]
     sets, primary = tile_scenes(storm, kept_tiles)
     return ChipSet(storm.name, kept_tiles, images, labels, sets, primary)
@@ -198,6 +202,7 @@ def example_figure(
     cmap = ListedColormap([np.array(CLASS_COLORS[c]) / 255 for c in CLASSES])
     fig, axes = plt.subplots(len(picks), 4, figsize=(12, 3 * len(picks)), squeeze=False)
     for row, i in zip(axes, picks, strict=True):
+        assert chips.labels is not None  # a labelled chip set
         label = np.ma.masked_equal(chips.labels[i], NODATA_LABEL)
         pred = np.ma.masked_array(preds[i], mask=label.mask)
         row[0].imshow(chips.images[i])

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -75,6 +76,11 @@ def pack(values: np.ndarray | None, count: int = 1) -> bytes:
     q = np.where(np.isnan(v), _NAN, np.rint(np.clip(v, 0.0, 1.0) * _SCALE)).astype("<u2")
     raw = q.tobytes()
     return raw if count == 1 else raw + np.uint32(count).astype("<u4").tobytes()
+
+
+def as_bytes(raw: bytes | str) -> bytes:
+    """A Redis reply as bytes (replies are bytes unless a client decodes them)."""
+    return raw if isinstance(raw, bytes) else raw.encode("latin-1")
 
 
 def unpack(raw: bytes) -> Entry:
@@ -136,12 +142,12 @@ class MetricStore:
         for (_key, items), raws in zip(by_key.items(), replies, strict=True):
             for (_field, tile), raw in zip(items, raws, strict=True):
                 if raw is not None:
-                    out[tile] = unpack(raw)
+                    out[tile] = unpack(as_bytes(raw))
         return out
 
     def set_many(self, storm: str, entries: Mapping[Tile, Entry]) -> None:
         """Store entries; each hash field is written atomically (no half-written values)."""
-        by_key: dict[str, dict[int, bytes]] = {}
+        by_key: dict[str, dict[Any, bytes]] = {}
         for tile, entry in entries.items():
             key, field = _key_field(self.namespace, self.model_id, storm, tile)
             by_key.setdefault(key, {})[field] = pack(entry.values, entry.count)

@@ -7,6 +7,7 @@ query on ``footprints.parquet`` (no scan, no MosaicJSON to keep in sync).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -180,7 +181,7 @@ class SceneReader(Reader):
     def __attrs_post_init__(self) -> None:
         try:
             if self.dataset is None and self.scenes is not None:
-                self.dataset = self._ctx_stack.enter_context(self.scenes.open(self.input))
+                self.dataset = self._ctx_stack.enter_context(self.scenes.open(str(self.input)))
             super().__attrs_post_init__()
         except Exception as exc:
             raise SceneReadError(f"scene {_scene_name(self.input)}: {exc}") from exc
@@ -201,11 +202,11 @@ class SceneReader(Reader):
         bbox: BBox,
         dst_crs: CRS | None = None,
         bounds_crs: CRS = WGS84_CRS,
-        height: int | None = None,
-        width: int | None = None,
-        max_size: int | None = None,
         indexes: Indexes | None = None,
         expression: str | None = None,
+        max_size: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
         buffer: float | None = None,
         **kwargs: Any,
     ) -> ImageData:
@@ -247,6 +248,7 @@ class SceneReader(Reader):
         and the rest is left masked. None where that shortcut does not apply.
         """
         ds = self.dataset
+        assert ds is not None  # opened in __attrs_post_init__
         nodata = options.get("nodata", ds.nodata)
         if set(options) - {"nodata", "resampling_method", "reproject_method"}:
             return None  # unscale, post_process, out_dtype: rio-tiler's read
@@ -274,6 +276,7 @@ class SceneReader(Reader):
         kwargs: dict[str, Any],
     ) -> Window | None:
         """The integer window of ``bbox`` when it lies on the scene's pixel grid, else None."""
+        assert self.dataset is not None  # opened in __attrs_post_init__
         crs = self.dataset.crs
         if buffer or not height or not width or bounds_crs != crs or (dst_crs or crs) != crs:
             return None
@@ -418,7 +421,7 @@ class StormBackend(BaseBackend):
             xmin, ymin, xmax, ymax = transform_bounds(coord_crs, WGS84_CRS, xmin, ymin, xmax, ymax)
         return self._assets(shapely.box(xmin, ymin, xmax, ymax))
 
-    def point(
+    def point(  # type: ignore[override]  # rio-tiler's BaseBackend.point, as it is there
         self,
         lon: float,
         lat: float,
@@ -452,14 +455,18 @@ class FirstFill(FirstMethod):
     pixels that are still empty; the pixels and the mask are the same.
     """
 
-    def feed(self, array: np.ma.MaskedArray) -> None:
+    def feed(self, array: np.ma.MaskedArray | None) -> None:
         """Add a scene's pixels where the mosaic has none yet."""
+        if array is None:
+            return
         if self.mosaic is None:
             self.mosaic = np.ma.MaskedArray(array.data, mask=np.ma.getmaskarray(array))
             return
         hole = np.ma.getmaskarray(self.mosaic) & ~np.ma.getmaskarray(array)
         np.copyto(self.mosaic.data, array.data, where=hole)
-        self.mosaic.mask[hole] = False  # ``mask`` is a view: this updates the mosaic's mask
+        mask = self.mosaic.mask  # an array (set above): updating it updates the mosaic's mask
+        assert isinstance(mask, np.ndarray)
+        mask[hole] = False
 
 
 def read_tile(
@@ -541,7 +548,7 @@ def read_grid_tiles(
                 ds = opened[path]
                 window = grid_window(ds.transform, mercantile.xy_bounds(tile), tilesize, tilesize)
                 on_grid = window is not None and ds.crs == WEB_MERCATOR_TMS.rasterio_crs
-                if not on_grid or not _plain_nodata(ds, ds.nodata):
+                if window is None or not on_grid or not _plain_nodata(ds, ds.nodata):
                     raise OffGrid(f"tile {tile} is not on the pixel grid of its scenes")
                 c, r = int(window.col_off), int(window.row_off)
                 if c >= ds.width or r >= ds.height or c + tilesize <= 0 or r + tilesize <= 0:
@@ -557,7 +564,7 @@ def read_grid_tiles(
             scenes = assets[i]
             for _attempt in (1, 2):
                 try:
-                    out[i] = _grid_mosaic(scenes, lambda path, t=t: block(path, t))
+                    out[i] = _grid_mosaic(scenes, functools.partial(block, tile=t))
                     break
                 except OffGrid as exc:
                     out[i] = exc

@@ -73,7 +73,7 @@ def train_segmentation_on(
         cfg = SegmentationConfig.from_dict(config or demo_config())
     chip_sets = [storm_chips(s, zoom, progress=progress) for s in storms]
     images = np.concatenate([c.images for c in chip_sets])
-    labels = np.concatenate([c.labels for c in chip_sets])  # type: ignore[misc]
+    labels = np.concatenate([c.labels for c in chip_sets if c.labels is not None])
     if not len(images):
         raise ValueError("no labelled analysis tiles in those storms")
     n_epochs = epochs or int(cfg.raw.get("MAX_EPOCHS", 10))
@@ -142,7 +142,10 @@ def regressor_training_set(
     catalog: Catalog, tables: Sequence[gpd.GeoDataFrame | Path], *, progress: Progress = no_progress
 ) -> TrainingSet:
     """Chips and target vectors for the tiles of `evaluate` tables (re-read from the storms)."""
-    images, targets, scene_sets, sources = [], [], [], []
+    images: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    scene_sets: list[frozenset[str]] = []
+    sources: list[dict[str, Any]] = []
     for src in tables:
         table = gpd.read_parquet(src) if isinstance(src, Path) else src
         for storm_name, part in table.groupby("storm"):

@@ -287,7 +287,7 @@ def precompute(
 
 def with_values(store: MetricStore, storm: str, tiles: Sequence[Tile]) -> list[Tile]:
     """The tiles that have a value (not the "no value" marker) in ``store``."""
-    out = []
+    out: list[Tile] = []
     for i in range(0, len(tiles), LOOKUP_CHUNK):
         got = store.get_many(storm, tiles[i : i + LOOKUP_CHUNK])
         out.extend(t for t, e in got.items() if e.has_imagery)

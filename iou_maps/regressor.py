@@ -353,7 +353,8 @@ class Regressor:
     @property
     def input_size(self) -> tuple[int, int]:
         """The segmentation model's input size (height, width)."""
-        return tuple(self.metadata["input_size"])  # type: ignore[return-value]
+        height, width = self.metadata["input_size"]
+        return int(height), int(width)
 
     def outputs(self, chips: np.ndarray) -> RegressorOutputs:
         """The model's outputs for (N, 256, 256, 3) uint8 chips, before ``resolve_classes``."""

@@ -109,7 +109,7 @@ def legend_stops(
     [vmin, vmax] (none for interval colormaps)."""
     if not isinstance(colormap, dict):
         return []
-    out = []
+    out: list[dict[str, float | str]] = []
     for v in np.linspace(0.0, 1.0, stops):
         rgba = colormap.get(int(round(v * 255)))
         if rgba is None:

@@ -375,7 +375,7 @@ def _custom_unet(cfg: SegmentationConfig, inputs: Any, residual: bool) -> Any:
 def _conv2d_block(x: Any, filters: int, dropout: float, kind: str, name: str | None = None) -> Any:
     """gym conv2d_block: two bias-free 2x2 relu convs (he_normal), each followed by BN."""
 
-    def conv() -> layers.Conv2D:
+    def conv() -> keras.layers.Conv2D:
         return layers.Conv2D(
             filters, (2, 2), activation="relu", kernel_initializer="he_normal",
             padding="same", use_bias=False,

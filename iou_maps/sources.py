@@ -170,7 +170,7 @@ class Sources:
         else:
             cached = self.cached(storm_name, children, source)
         for c, ks in kids.items():
-            vals = [cached[k].values for k in ks if k in cached and cached[k].has_imagery]
+            vals = [v for k in ks if k in cached and (v := cached[k].values) is not None]
             if vals:
                 with np.errstate(invalid="ignore"):
                     mean = np.nanmean(np.stack(vals), axis=0)

@@ -331,6 +331,7 @@ def _export_asset(item: pystac.Item, export: ExportFile) -> pystac.Asset:
 def build_collection(storm: Storm, exports: Sequence[ExportFile] = ()) -> pystac.Collection:
     """The storm's Collection: an Item per scene, an Item per exported map."""
     dates = _scene_datetimes(storm)
+    interval: list[datetime | None] = [dates[0], dates[-1]] if dates else [None, None]
     collection = pystac.Collection(
         id=storm.name,
         title=f"Storm {storm.name}",
@@ -340,7 +341,7 @@ def build_collection(storm: Storm, exports: Sequence[ExportFile] = ()) -> pystac
         ),
         extent=pystac.Extent(
             pystac.SpatialExtent([list(storm.bounds)]),
-            pystac.TemporalExtent([[dates[0], dates[-1]] if dates else [None, None]]),
+            pystac.TemporalExtent([interval]),
         ),
         license="other",
         keywords=["hurricane", "aerial imagery", "segmentation", "IoU", "model quality"],

@@ -393,19 +393,21 @@ def render_world(
     if m.any():
         xm, hm = x[m], hard[m]
         is_ocean = ocean_water[m][:, None]
-        deep = np.where(is_ocean, np.float32([26, 66, 92]), np.float32([50, 80, 94]))
+        deep = np.where(
+            is_ocean, np.array([26, 66, 92], np.float32), np.array([50, 80, 94], np.float32)
+        )
         shallow_d = np.where(is_ocean[:, 0], xm - ocean[m], sound[m] + coves[m] - xm)
         shallow = np.clip(1 - shallow_d / 70, 0, 1)[:, None]
-        col = deep + (np.float32([70, 118, 122]) - deep) * shallow * 0.6
+        col = deep + (np.array([70, 118, 122], np.float32) - deep) * shallow * 0.6
         # Turbid / shallow water drifts toward the colour of sand.
         turb = np.clip((lat(seed, "turbid", m) - 0.6 + 0.8 * (hm - 0.5)) * 2.2, 0, 0.85)
         turb = np.maximum(turb, 0.5 * shallow[:, 0] * hm)[:, None]
-        col = col + (np.float32([172, 156, 122]) - col) * turb
+        col = col + (np.array([172, 156, 122], np.float32) - col) * turb
         # Surf: foam bands on the ocean side within ~30 m of the beach.
         d = np.where(is_ocean[:, 0], xm - ocean[m], 1e3)
         wave = np.sin(d * 0.35 + 6 * lat(seed, "wave", m))
         foam = np.clip((wave - 0.55) * 2.5, 0, 1) * np.clip(1 - d / 30, 0, 1)
-        col = col + (np.float32([225, 228, 222]) - col) * foam[:, None]
+        col = col + (np.array([225, 228, 222], np.float32) - col) * foam[:, None]
         rgb[m] = col * (1 + 0.06 * tex[m, None] + 0.05 * fine[m, None])
         # Sun glint: bright speckle, strength from the flight's sun angle and a slow field.
         glint_area = np.clip((lat(seed, "glint", m) - 0.5) * 2.5, 0, 1) * np.clip(
@@ -416,14 +418,14 @@ def render_world(
         rgb[m] = np.where(sparkle[:, None], np.float32(240), rgb[m])
     m = label == DEVELOPMENT
     if m.any():
-        asphalt = np.float32([84, 84, 90])
-        street_c = np.float32([112, 110, 106])
+        asphalt = np.array([84, 84, 90], np.float32)
+        street_c = np.array([112, 110, 106], np.float32)
         col = np.where(street[m][:, None], street_c, asphalt)
         col = np.where(house[m][:, None], roof_rgb[m] * shade[m][:, None], col)
         # Sand over roads (label stays development): colour blended 35-85 % toward sand.
         covered = (fan[m] & ~house[m])[:, None]
         cov = 0.35 + 0.5 * lat(seed, "cover", m)[:, None]
-        col = np.where(covered, col + (np.float32([208, 192, 160]) - col) * cov, col)
+        col = np.where(covered, col + (np.array([208, 192, 160], np.float32) - col) * cov, col)
         rgb[m] = col * (1 + 0.08 * tex[m, None] + 0.1 * fine[m, None])
     # House shadows fall on the ground next to them (image only).
     rgb[shadow & ~dev & ~water] *= np.float32(0.55)
@@ -435,17 +437,19 @@ def render_world(
         x[land], y[land], lat(seed, "debris", land), hard[land], fine[land], seed
     )
     if debris.any():
-        palette = np.float32([[96, 70, 50], [200, 196, 188], [128, 124, 120], [160, 130, 95]])
+        palette = np.array(
+            [[96, 70, 50], [200, 196, 188], [128, 124, 120], [160, 130, 95]], np.float32
+        )
         pick = (speck[debris] >> np.uint64(13)) % np.uint64(4)
         rgb[debris] = palette[pick.astype(np.int64)] * (1 + 0.4 * fine[debris, None])
 
     # ---- atmosphere and camera
     haze = np.clip((lat(seed, "haze") - 0.55) * 3, 0, 1) * np.clip((hard - 0.5) * 4, 0, 1)
     haze = (0.7 * haze)[:, None]
-    rgb += (np.float32([196, 200, 206]) - rgb) * haze
+    rgb += (np.array([196, 200, 206], np.float32) - rgb) * haze
     cloud = np.clip((lat(seed, "cloud") - 0.78 + 0.25 * (hard - 0.5)) * 8, 0, 1)
     rgb *= (1 - cloud * (0.2 + 0.4 * hard))[:, None]
-    rgb = rgb * np.float32(look.gain) + np.float32(look.offset)
+    rgb = rgb * np.asarray(look.gain, np.float32) + np.asarray(look.offset, np.float32)
     if r2 is not None:
         rgb *= (1 - 0.14 * r2)[:, None]
     if rng is not None:

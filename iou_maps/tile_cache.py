@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 import redis
 
 from iou_maps.config import Settings
-from iou_maps.metric_store import SOCKET_TIMEOUT
+from iou_maps.metric_store import SOCKET_TIMEOUT, as_bytes
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class TileCache:
         if not got or b"b" not in got or b"t" not in got:
             return None
         headers = json.loads(got[b"h"]) if b"h" in got else {}
-        return CachedTile(bytes(got[b"b"]), got[b"t"].decode(), headers)
+        return CachedTile(as_bytes(got[b"b"]), as_bytes(got[b"t"]).decode(), headers)
 
     def put(self, key: str, tile: CachedTile) -> bool:
         """Keep ``tile`` under ``key`` (one atomic write); False if the server is down."""

@@ -99,8 +99,10 @@ MISSING, CACHED, COMPUTED, MODEL, CACHE, SOURCE = METRIC_HEADERS = (
 #: The metric tile route (its endpoint validates itself: its ETag hashes the cells it read).
 METRIC_TILE_PATH = "/{metric}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}"
 
+# The analysis grid is Web Mercator: the one tile matrix set served (checked below).
+assert SUPPORTED_TMS.list() == ["WebMercatorQuad"]
 TMSId = Annotated[
-    Literal[tuple(SUPPORTED_TMS.list())],  # type: ignore[valid-type]
+    Literal["WebMercatorQuad"],
     Path(description="Tile matrix set (the analysis grid is WebMercatorQuad)."),
 ]
 
@@ -318,6 +320,12 @@ class MetricTilerFactory(BaseFactory):
             return grid
         return self._render(grid, metric, format, cmap, rescale, validator=validator)
 
+    def _computed_tile(self, *args: Any, **kwargs: Any) -> Response:
+        """``_draw_tile`` computing what is missing (so always a response)."""
+        got = self._draw_tile(*args, **kwargs)
+        assert isinstance(got, Response)
+        return got
+
     def tile(self) -> None:
         """Register the metric tile route."""
         engine = self.engine
@@ -392,7 +400,7 @@ class MetricTilerFactory(BaseFactory):
             try:
                 return await self.queue.run(
                     min(got.missing, budget),
-                    self._draw_tile,
+                    self._computed_tile,
                     *args,
                     rescale,
                     True,
@@ -461,7 +469,7 @@ class MetricTilerFactory(BaseFactory):
                 colormap_name=name,
                 rescale=(vmin, vmax),
                 legend_stops=[
-                    LegendStop(**stop)
+                    LegendStop(value=float(stop["value"]), color=str(stop["color"]))
                     for stop in legend_stops(self._colormap(colormap, source), vmin, vmax)
                 ],
                 model_id=engine.sources.source_id(source),

@@ -60,7 +60,7 @@ class ServiceProcess:
         self.log_path = log_path
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: Any = None
 
     def start(self) -> ServiceProcess:
         """Start the server and wait until /healthz answers."""
@@ -125,7 +125,7 @@ class ServiceProcess:
                 self.proc.wait(5)
             self.proc = None
         if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()  # type: ignore[union-attr]
+            self._log.close()
 
     def __enter__(self) -> ServiceProcess:
         return self.start()
