@@ -95,7 +95,7 @@ def prepare_workers(client: Client, settings: Settings) -> str:
 
 def fill_block(
     plugin: str,
-    storm: str,
+    storm_name: str,
     tiles: list[Tile],
     batch_size: int,
     read_threads: int,
@@ -110,8 +110,8 @@ def fill_block(
     if store is None:
         raise CacheUnavailable("the worker has no Redis to store values in")
     counts = fill(
-        engine.local_computer(source), engine.storm(storm).backend, tiles,
-        lambda entries: store.set_many(storm, entries),
+        engine.local_computer(source), engine.storm(storm_name).backend, tiles,
+        lambda entries: store.set_many(storm_name, entries),
         batch_size=batch_size, workers=read_threads,
     )  # fmt: skip
     store.count(counts.model_calls, counts.computed)
@@ -147,7 +147,7 @@ def dask_client(scheduler: str | None, processes: int | None) -> Iterator[Client
 def precompute_on_cluster(
     client: Client,
     settings: Settings,
-    storm: str,
+    storm_name: str,
     *,
     source: Source = Source.predicted,
     bbox: Sequence[float] | None = None,
@@ -172,26 +172,28 @@ def precompute_on_cluster(
     pred_store = MetricStore(redis_client, model_id)
     if not pred_store.ping():
         raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
-    st = Catalog(settings.data_dir).storm(storm)
+    st = Catalog(settings.data_dir).storm(storm_name)
     store = pred_store
     if source is Source.true:
         if not st.has_labels:
-            raise NoLabels(f"storm {storm!r} has no label rasters: true metrics need labels")
+            raise NoLabels(f"storm {storm_name!r} has no label rasters: true metrics need labels")
         segmentation = SegmentationSource(truth_segmentation_dir(settings.data_dir, settings.model))
         store = MetricStore(redis_client, segmentation.model_id, TRUE_NAMESPACE)
     tiles = tiles_of(st, zoom, bbox, source)
     summary = PrecomputeSummary(
-        storm=storm, model_id=store.model_id, source=source.value, total=len(tiles)
+        storm=storm_name, model_id=store.model_id, source=source.value, total=len(tiles)
     )
-    todo, summary.already_cached = (list(tiles), 0) if refresh else uncached(store, storm, tiles)
+    todo, summary.already_cached = (
+        (list(tiles), 0) if refresh else uncached(store, storm_name, tiles)
+    )
     state = _Progress(summary.already_cached, len(tiles), progress)
-    blocks = _Blocks(client, settings, storm, block_levels, batch_size, read_threads, state)
+    blocks = _Blocks(client, settings, storm_name, block_levels, batch_size, read_threads, state)
     blocks.run(todo, source, summary)
     lowest = storm_zoom_range(st)[0] if min_zoom is None else min_zoom
-    summary.aggregated = aggregate_levels(store, storm, tiles, zoom, lowest)
+    summary.aggregated = aggregate_levels(store, storm_name, tiles, zoom, lowest)
     if source is Source.true:
         # The error layer needs a prediction wherever there is a true value.
-        need, _ = uncached(pred_store, storm, with_values(store, storm, tiles))
+        need, _ = uncached(pred_store, storm_name, with_values(store, storm_name, tiles))
         state.total += len(need)
         more = PrecomputeSummary()
         blocks.run(need, Source.predicted, more)
@@ -199,7 +201,12 @@ def precompute_on_cluster(
         summary.error_predictions = more.computed
         error_store = MetricStore(redis_client, error_id(model_id, store.model_id), ERROR_NAMESPACE)
         summary.error_aggregated = aggregate_levels(
-            error_store, storm, tiles, zoom, lowest, leaves=error_leaves(pred_store, store, storm)
+            error_store,
+            storm_name,
+            tiles,
+            zoom,
+            lowest,
+            leaves=error_leaves(pred_store, store, storm_name),
         )
     state.finish()
     summary.seconds = time.perf_counter() - start
@@ -230,10 +237,10 @@ class _Blocks:
     """Runs ``fill_block`` tasks on the cluster, one per block of tiles."""
 
     def __init__(
-        self, client: Client, settings: Settings, storm: str, block_levels: int,
+        self, client: Client, settings: Settings, storm_name: str, block_levels: int,
         batch_size: int, read_threads: int, progress: _Progress,
     ) -> None:  # fmt: skip
-        self.client, self.settings, self.storm = client, settings, storm
+        self.client, self.settings, self.storm = client, settings, storm_name
         self.block_levels, self.batch_size, self.read_threads = (
             block_levels,
             batch_size,

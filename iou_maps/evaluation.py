@@ -140,10 +140,10 @@ def read_chips(
     return ChipSet(storm.name, kept_tiles, images, labels, sets, primary)
 
 
-def tiles_frame(storm: str, tiles: Sequence[Tile], scenes, primary) -> dict[str, list]:
+def tiles_frame(storm_name: str, tiles: Sequence[Tile], scenes, primary) -> dict[str, list]:
     """The tile columns shared by evaluate and predict tables."""
     return {
-        "storm": [storm] * len(tiles),
+        "storm": [storm_name] * len(tiles),
         "z": [t.z for t in tiles],
         "x": [t.x for t in tiles],
         "y": [t.y for t in tiles],

@@ -238,12 +238,12 @@ def open_export_engine(settings: Settings) -> MetricEngine:
     )  # fmt: skip
 
 
-def _check_source(engine: MetricEngine, storm: str, source: str) -> Source:
+def _check_source(engine: MetricEngine, storm_name: str, source: str) -> Source:
     """The engine's source of that name, if ``storm`` has its values: the engine's NoLabels
     (a storm without labels) or ModelNotFound (no segmentation model) otherwise."""
     if source not in SOURCES:
         raise ExportError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
-    engine.check_source(storm, Source(source))
+    engine.check_source(storm_name, Source(source))
     return Source(source)
 
 
@@ -261,7 +261,7 @@ def _store(engine: MetricEngine) -> MetricStore:
 
 def fill_cache(
     engine: MetricEngine,
-    storm: str,
+    storm_name: str,
     *,
     source: str = Source.predicted.value,
     progress: Progress | None = None,
@@ -273,9 +273,9 @@ def fill_cache(
     labelled tiles; ``error``: those, the predictions of the tiles with a true value and the
     error layer's aggregates (mean absolute errors), as ``precompute --source true``.
     Nothing is computed if all is cached."""
-    wanted = _check_source(engine, storm, source)
+    wanted = _check_source(engine, storm_name, source)
     pred_store = _store(engine)
-    loaded = engine.storm(storm)
+    loaded = engine.storm(storm_name)
     za = engine.analysis_zoom
     lowest = storm_zoom_range(loaded.storm)[0]
     report = FillReport()
@@ -285,7 +285,7 @@ def fill_cache(
         """Compute what the cache of ``of`` lacks of ``tiles``; how many were computed."""
         store = engine.sources.channel(of).store
         assert store is not None  # the engine has Redis (_store)
-        todo, cached = uncached(store, storm, tiles)
+        todo, cached = uncached(store, storm_name, tiles)
         report.analysis_tiles += len(tiles)
         report.already_cached += cached
         done = report.analysis_tiles - len(todo)
@@ -294,7 +294,7 @@ def fill_cache(
         computed = 0
         for i in range(0, len(todo), chunk):
             part = todo[i : i + chunk]
-            computed += engine.analysis_values(storm, part, len(part), of).computed
+            computed += engine.analysis_values(storm_name, part, len(part), of).computed
             if progress:
                 progress(done + i + len(part), report.analysis_tiles)
         report.computed += computed
@@ -306,24 +306,24 @@ def fill_cache(
     assert store is not None
     tiles = tiles_of(loaded.storm, za, source=first)
     computed = fill(first, tiles)
-    if computed or not _aggregates_complete(store, storm, tiles, lowest):
-        report.aggregates_written += aggregate_levels(store, storm, tiles, za, lowest)
+    if computed or not _aggregates_complete(store, storm_name, tiles, lowest):
+        report.aggregates_written += aggregate_levels(store, storm_name, tiles, za, lowest)
     if wanted is Source.error:
         # The error layer needs a prediction wherever there is a true value.
-        computed += fill(Source.predicted, with_values(store, storm, tiles))
+        computed += fill(Source.predicted, with_values(store, storm_name, tiles))
         error_store = engine.sources.error_store
         assert error_store is not None  # the engine has true values and Redis
-        if computed or not _aggregates_complete(error_store, storm, tiles, lowest):
+        if computed or not _aggregates_complete(error_store, storm_name, tiles, lowest):
             report.aggregates_written += aggregate_levels(
-                error_store, storm, tiles, za, lowest,
-                leaves=error_leaves(pred_store, store, storm),
+                error_store, storm_name, tiles, za, lowest,
+                leaves=error_leaves(pred_store, store, storm_name),
             )  # fmt: skip
     report.model_calls = _model_calls(engine) - calls_before
     return report
 
 
 def _aggregates_complete(
-    store: MetricStore, storm: str, tiles: Sequence[Tile], lowest_zoom: int
+    store: MetricStore, storm_name: str, tiles: Sequence[Tile], lowest_zoom: int
 ) -> bool:
     """Whether every aggregate cell precompute writes for ``tiles`` is in the cache."""
     level = set(tiles)
@@ -332,7 +332,7 @@ def _aggregates_complete(
         cells = sorted(level)
         for i in range(0, len(cells), 4096):
             part = cells[i : i + 4096]
-            if len(store.get_many(storm, part)) < len(part):
+            if len(store.get_many(storm_name, part)) < len(part):
                 return False
     return True
 

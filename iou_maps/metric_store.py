@@ -107,8 +107,8 @@ def stored(values: np.ndarray) -> np.ndarray:
 PREDICTED_NAMESPACE = "iou"
 
 
-def _key_field(namespace: str, model_id: str, storm: str, tile: Tile) -> tuple[str, int]:
-    key = f"{namespace}:{model_id}:{storm}:{tile.z}:{tile.x // BUCKET}:{tile.y // BUCKET}"
+def _key_field(namespace: str, model_id: str, storm_name: str, tile: Tile) -> tuple[str, int]:
+    key = f"{namespace}:{model_id}:{storm_name}:{tile.z}:{tile.x // BUCKET}:{tile.y // BUCKET}"
     return key, (tile.y % BUCKET) * BUCKET + tile.x % BUCKET
 
 
@@ -122,11 +122,11 @@ class MetricStore:
         self.model_id = model_id
         self.namespace = namespace
 
-    def get_many(self, storm: str, tiles: Iterable[Tile]) -> dict[Tile, Entry]:
+    def get_many(self, storm_name: str, tiles: Iterable[Tile]) -> dict[Tile, Entry]:
         """Cached entries of ``tiles`` (absent from the result: not cached). One round trip."""
         by_key: dict[str, list[tuple[int, Tile]]] = {}
         for t in tiles:
-            key, field = _key_field(self.namespace, self.model_id, storm, t)
+            key, field = _key_field(self.namespace, self.model_id, storm_name, t)
             by_key.setdefault(key, []).append((field, t))
         if not by_key:
             return {}
@@ -145,11 +145,11 @@ class MetricStore:
                     out[tile] = unpack(as_bytes(raw))
         return out
 
-    def set_many(self, storm: str, entries: Mapping[Tile, Entry]) -> None:
+    def set_many(self, storm_name: str, entries: Mapping[Tile, Entry]) -> None:
         """Store entries; each hash field is written atomically (no half-written values)."""
         by_key: dict[str, dict[Any, bytes]] = {}
         for tile, entry in entries.items():
-            key, field = _key_field(self.namespace, self.model_id, storm, tile)
+            key, field = _key_field(self.namespace, self.model_id, storm_name, tile)
             by_key.setdefault(key, {})[field] = pack(entry.values, entry.count)
         if not by_key:
             return
@@ -167,19 +167,19 @@ class MetricStore:
         """The block (z, bx, by) of ``tile``: one hash of values, one lock."""
         return tile.z, tile.x // BUCKET, tile.y // BUCKET
 
-    def lock(self, storm: str, block: tuple[int, int, int]) -> Lock:
+    def lock(self, storm_name: str, block: tuple[int, int, int]) -> Lock:
         """The lock of a block of tiles (not taken yet: ``acquire(blocking=False)``).
 
         Held by whoever computes tiles of the block until their values are stored; expires
         after ``LOCK_SECONDS`` if the holder dies. Any thread may release it.
         """
         z, bx, by = block
-        name = f"{self.namespace}-lock:{self.model_id}:{storm}:{z}:{bx}:{by}"
+        name = f"{self.namespace}-lock:{self.model_id}:{storm_name}:{z}:{bx}:{by}"
         return self.client.lock(name, timeout=LOCK_SECONDS, blocking=False, thread_local=False)
 
-    def locked(self, storm: str, block: tuple[int, int, int]) -> bool:
+    def locked(self, storm_name: str, block: tuple[int, int, int]) -> bool:
         """Whether some process holds the lock of ``block``."""
-        return bool(self.lock(storm, block).locked())
+        return bool(self.lock(storm_name, block).locked())
 
     @property
     def _counters_key(self) -> str:
@@ -203,11 +203,11 @@ class MetricStore:
             "tiles_computed": got.get("tiles_computed", 0),
         }
 
-    def delete_storm(self, storm: str) -> int:
+    def delete_storm(self, storm_name: str) -> int:
         """Drop every cached value of this model for a storm (``precompute --refresh``)."""
         n = 0
         for key in self.client.scan_iter(
-            match=f"{self.namespace}:{self.model_id}:{storm}:*", count=1000
+            match=f"{self.namespace}:{self.model_id}:{storm_name}:*", count=1000
         ):
             n += int(self.client.delete(key))
         return n
@@ -264,24 +264,24 @@ class GuardedStore:
             log.warning("Redis unavailable, serving uncached: %s", exc)
         self.ok = False
 
-    def get_many(self, storm: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
+    def get_many(self, storm_name: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
         """Cached entries of ``tiles`` ({} when Redis is down)."""
         if not tiles:
             return {}
         try:
-            got = self.store.get_many(storm, tiles)
+            got = self.store.get_many(storm_name, tiles)
         except (redis.RedisError, OSError) as exc:
             self._down(exc)
             return {}
         self.ok = True
         return got
 
-    def set_many(self, storm: str, entries: Mapping[Tile, Entry]) -> bool:
+    def set_many(self, storm_name: str, entries: Mapping[Tile, Entry]) -> bool:
         """Store ``entries``; False if Redis is down."""
         if not entries:
             return True
         try:
-            self.store.set_many(storm, entries)
+            self.store.set_many(storm_name, entries)
         except (redis.RedisError, OSError) as exc:
             self._down(exc)
             return False
@@ -305,16 +305,16 @@ class GuardedStore:
             self._down(exc)
             return None
 
-    def try_lock(self, storm: str, block: tuple[int, int, int]) -> Lock | None:
+    def try_lock(self, storm_name: str, block: tuple[int, int, int]) -> Lock | None:
         """The lock of ``block`` if this caller got it; None if another holds it (raises
         redis.RedisError when Redis is down: the caller then computes without locks)."""
-        lock = self.store.lock(storm, block)
+        lock = self.store.lock(storm_name, block)
         return lock if lock.acquire(blocking=False) else None
 
-    def locked(self, storm: str, block: tuple[int, int, int]) -> bool:
+    def locked(self, storm_name: str, block: tuple[int, int, int]) -> bool:
         """Whether another process holds ``block``'s lock (False when Redis is down)."""
         try:
-            return self.store.locked(storm, block)
+            return self.store.locked(storm_name, block)
         except (redis.RedisError, OSError) as exc:
             self._down(exc)
             return False

@@ -106,19 +106,19 @@ def tiles_of(
 
 
 def storm_tiles(
-    engine: MetricEngine, storm: str, bbox: Sequence[float] | None = None
+    engine: MetricEngine, storm_name: str, bbox: Sequence[float] | None = None
 ) -> list[Tile]:
     """Analysis tiles under the storm's footprints (and inside ``bbox`` W,S,E,N if given)."""
-    return tiles_of(engine.storm(storm).storm, engine.analysis_zoom, bbox)
+    return tiles_of(engine.storm(storm_name).storm, engine.analysis_zoom, bbox)
 
 
-def uncached(store: MetricStore, storm: str, tiles: Sequence[Tile]) -> tuple[list[Tile], int]:
+def uncached(store: MetricStore, storm_name: str, tiles: Sequence[Tile]) -> tuple[list[Tile], int]:
     """(tiles not cached for the store's model, how many are), in chunks of round trips."""
     todo: list[Tile] = []
     cached = 0
     for i in range(0, len(tiles), LOOKUP_CHUNK):
         chunk = tiles[i : i + LOOKUP_CHUNK]
-        got = store.get_many(storm, chunk)
+        got = store.get_many(storm_name, chunk)
         cached += len(got)
         todo.extend(t for t in chunk if t not in got)
     return todo, cached
@@ -215,7 +215,7 @@ def fill(
 
 def precompute(
     engine: MetricEngine,
-    storm: str,
+    storm_name: str,
     *,
     source: Source = Source.predicted,
     bbox: Sequence[float] | None = None,
@@ -232,16 +232,18 @@ def precompute(
         raise ValueError("precompute fills predicted or true values (true: the error layer too)")
     if engine.store is None or not engine.store.ping():
         raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
-    loaded = engine.check_source(storm, source)
+    loaded = engine.check_source(storm_name, source)
     channel = engine.sources.channel(source)
     store = channel.store
     assert store is not None
     start = time.perf_counter()
     tiles = tiles_of(loaded.storm, engine.analysis_zoom, bbox, source)
     summary = PrecomputeSummary(
-        storm=storm, model_id=channel.computer.model_id, source=source.value, total=len(tiles)
+        storm=storm_name, model_id=channel.computer.model_id, source=source.value, total=len(tiles)
     )
-    todo, summary.already_cached = (list(tiles), 0) if refresh else uncached(store, storm, tiles)
+    todo, summary.already_cached = (
+        (list(tiles), 0) if refresh else uncached(store, storm_name, tiles)
+    )
     done = [summary.already_cached]
     total = [len(tiles)]
     if progress:
@@ -254,30 +256,30 @@ def precompute(
 
     counts = fill(
         engine.local_computer(source), loaded.backend, todo,
-        lambda entries: store.set_many(storm, entries),
+        lambda entries: store.set_many(storm_name, entries),
         batch_size=batch_size, workers=workers, advance=advance,
     )  # fmt: skip
     summary.add(counts)
     store.count(counts.model_calls, counts.computed)
     lowest = storm_zoom_range(loaded.storm)[0] if min_zoom is None else min_zoom
-    summary.aggregated = aggregate_levels(store, storm, tiles, engine.analysis_zoom, lowest)
+    summary.aggregated = aggregate_levels(store, storm_name, tiles, engine.analysis_zoom, lowest)
     if source is Source.true:
         pred_store, error_store = engine.store, engine.sources.error_store
         assert error_store is not None
         # The error layer needs a prediction wherever there is a true value.
-        need, _ = uncached(pred_store, storm, with_values(store, storm, tiles))
+        need, _ = uncached(pred_store, storm_name, with_values(store, storm_name, tiles))
         total[0] += len(need)
         more = fill(
             engine.local(), loaded.backend, need,
-            lambda entries: pred_store.set_many(storm, entries),
+            lambda entries: pred_store.set_many(storm_name, entries),
             batch_size=batch_size, workers=workers, advance=advance,
         )  # fmt: skip
         summary.add(more)
         summary.error_predictions = more.computed
         pred_store.count(more.model_calls, more.computed)
         summary.error_aggregated = aggregate_levels(
-            error_store, storm, tiles, engine.analysis_zoom, lowest,
-            leaves=error_leaves(pred_store, store, storm),
+            error_store, storm_name, tiles, engine.analysis_zoom, lowest,
+            leaves=error_leaves(pred_store, store, storm_name),
         )  # fmt: skip
     if progress:
         progress(total[0], total[0])
@@ -285,30 +287,30 @@ def precompute(
     return summary
 
 
-def with_values(store: MetricStore, storm: str, tiles: Sequence[Tile]) -> list[Tile]:
+def with_values(store: MetricStore, storm_name: str, tiles: Sequence[Tile]) -> list[Tile]:
     """The tiles that have a value (not the "no value" marker) in ``store``."""
     out: list[Tile] = []
     for i in range(0, len(tiles), LOOKUP_CHUNK):
-        got = store.get_many(storm, tiles[i : i + LOOKUP_CHUNK])
+        got = store.get_many(storm_name, tiles[i : i + LOOKUP_CHUNK])
         out.extend(t for t, e in got.items() if e.has_imagery)
     return out
 
 
 def error_leaves(
-    pred: MetricStore, true: MetricStore, storm: str
+    pred: MetricStore, true: MetricStore, storm_name: str
 ) -> Callable[[list[Tile]], dict[Tile, Entry]]:
     """Reads |predicted − true| of analysis tiles from the two stores (``abs_errors``)."""
 
     def read(tiles: list[Tile]) -> dict[Tile, Entry]:
-        t = true.get_many(storm, tiles)
-        return abs_errors(pred.get_many(storm, [k for k, e in t.items() if e.has_imagery]), t)
+        t = true.get_many(storm_name, tiles)
+        return abs_errors(pred.get_many(storm_name, [k for k, e in t.items() if e.has_imagery]), t)
 
     return read
 
 
 def aggregate_levels(
     store: MetricStore,
-    storm: str,
+    storm_name: str,
     tiles: Sequence[Tile],
     analysis_zoom: int,
     lowest_zoom: int,
@@ -326,7 +328,7 @@ def aggregate_levels(
     of every metric tile down to ``lowest_zoom`` is then answered from the cache.
     """
     tiles = sorted(set(tiles))
-    read = leaves if leaves is not None else (lambda part: store.get_many(storm, part))
+    read = leaves if leaves is not None else (lambda part: store.get_many(storm_name, part))
     entries: dict[Tile, Entry] = {}
     for i in range(0, len(tiles), LOOKUP_CHUNK):
         entries.update(read(tiles[i : i + LOOKUP_CHUNK]))
@@ -361,6 +363,6 @@ def aggregate_levels(
         }
         keys = list(out)
         for i in range(0, len(keys), LOOKUP_CHUNK):
-            store.set_many(storm, {p: out[p] for p in keys[i : i + LOOKUP_CHUNK]})
+            store.set_many(storm_name, {p: out[p] for p in keys[i : i + LOOKUP_CHUNK]})
         written += len(parents)
     return written

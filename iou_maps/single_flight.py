@@ -58,7 +58,7 @@ class SingleFlight:
         self._writer.submit(lambda: None).result()
 
     def entries(
-        self, storm: str, tiles: Sequence[Tile], stores_seen: int | None = None
+        self, storm_name: str, tiles: Sequence[Tile], stores_seen: int | None = None
     ) -> tuple[dict[Tile, Entry], int]:
         """Entries of ``tiles``, and how many were ready-made (stored or computed by another
         request before this one asked). ``stores_seen``: the cache's store count before the
@@ -68,9 +68,9 @@ class SingleFlight:
         ready = 0
         with self._lock:
             for t in tiles:
-                slot = self._slots.get((storm, t))
+                slot = self._slots.get((storm_name, t))
                 if slot is None:
-                    self._slots[(storm, t)] = Future()
+                    self._slots[(storm_name, t)] = Future()
                     mine.append(t)
                 else:
                     theirs[t] = slot
@@ -79,71 +79,73 @@ class SingleFlight:
         handed_off = False
         try:
             if self.cache is not None and stores_seen != self.cache.stores:
-                result.update(self.cache.get_many(storm, mine))
+                result.update(self.cache.get_many(storm_name, mine))
             ready += len(result)
             todo = [t for t in mine if t not in result]
-            computed, locks, stored = self._compute(storm, todo) if todo else (Computed(), [], {})
+            computed, locks, stored = (
+                self._compute(storm_name, todo) if todo else (Computed(), [], {})
+            )
             result.update(stored)
             ready += len(stored)
             result.update(computed.entries)
             for t in mine:
                 if t in result:
-                    self._slots[(storm, t)].set_result(result[t])
-            handed_off = self._store(storm, computed, locks, mine)
+                    self._slots[(storm_name, t)].set_result(result[t])
+            handed_off = self._store(storm_name, computed, locks, mine)
             if computed.failed:
                 raise next(iter(computed.failed.values()))
         except BaseException as exc:
             for t in mine:
-                slot = self._slots[(storm, t)]
+                slot = self._slots[(storm_name, t)]
                 if not slot.done():
                     slot.set_exception(exc)
             raise
         finally:
             if not handed_off:
-                self._release(storm, mine)
+                self._release(storm_name, mine)
         for t, slot in theirs.items():
             result[t] = slot.result()
         return result, ready
 
     # ------------------------------------------------------------------ computing
 
-    def _run(self, storm: str, tiles: list[Tile]) -> Computed:
-        computed = self.computer.compute(storm, tiles)
+    def _run(self, storm_name: str, tiles: list[Tile]) -> Computed:
+        computed = self.computer.compute(storm_name, tiles)
         self.model_calls += computed.model_calls
         self.tiles_computed += computed.tiles_inferred
         return computed
 
     def _compute(
-        self, storm: str, tiles: list[Tile]
+        self, storm_name: str, tiles: list[Tile]
     ) -> tuple[Computed, list[Lock], dict[Tile, Entry]]:
         """Compute ``tiles`` under their blocks' locks: (what this process computed, the locks
         it holds for them, values that other processes stored while it waited)."""
         cache = self.cache
         if cache is None or not cache.ok:
-            return self._run(storm, tiles), [], {}
+            return self._run(storm_name, tiles), [], {}
         try:
-            locks, free, busy = self._take_locks(storm, tiles)
+            locks, free, busy = self._take_locks(storm_name, tiles)
         except (redis.RedisError, OSError):  # Redis went away: compute without locks
-            return self._run(storm, tiles), [], {}
-        computed = self._run(storm, free) if free else Computed()
+            return self._run(storm_name, tiles), [], {}
+        computed = self._run(storm_name, free) if free else Computed()
         stored: dict[Tile, Entry] = {}
         if busy:
-            stored, left = self._wait(storm, busy)
+            stored, left = self._wait(storm_name, busy)
             if left:  # the holders let go (or took too long) without storing these
                 try:
-                    more, free, busy_again = self._take_locks(storm, left)
+                    more, free, busy_again = self._take_locks(storm_name, left)
                 except (redis.RedisError, OSError):
                     more, free, busy_again = [], left, {}
                 locks += more
                 rest = free + [t for ts in busy_again.values() for t in ts]
-                extra = self._run(storm, rest)
+                extra = self._run(storm_name, rest)
                 computed.entries.update(extra.entries)
                 computed.failed.update(extra.failed)
                 computed.model_calls += extra.model_calls
         return computed, locks, stored
 
     def _take_locks(
-        self, storm: str, tiles: list[Tile]
+        self, storm_name: str, tiles: list[Tile]
     ) -> tuple[list[Lock], list[Tile], dict[tuple[int, int, int], list[Tile]]]:
         """(locks taken, tiles under them, tiles under blocks that others hold, by block)."""
         assert self.cache is not None
@@ -155,7 +157,7 @@ class SingleFlight:
         busy: dict[tuple[int, int, int], list[Tile]] = {}
         try:
             for block, ts in blocks.items():
-                lock = self.cache.try_lock(storm, block)
+                lock = self.cache.try_lock(storm_name, block)
                 if lock is None:
                     busy[block] = ts
                 else:
@@ -167,7 +169,7 @@ class SingleFlight:
         return locks, free, busy
 
     def _wait(
-        self, storm: str, busy: dict[tuple[int, int, int], list[Tile]]
+        self, storm_name: str, busy: dict[tuple[int, int, int], list[Tile]]
     ) -> tuple[dict[Tile, Entry], list[Tile]]:
         """Poll the cache for the tiles of blocks that others hold until they are stored, the
         holder lets go, or ``lock_wait`` passes: (values found, tiles still missing)."""
@@ -182,8 +184,8 @@ class SingleFlight:
             for block in list(waiting):
                 # The lock first: values are stored before it is released, so once it is
                 # gone, the read that follows sees all that its holder computed.
-                let_go = not self.cache.locked(storm, block)
-                got = self.cache.get_many(storm, waiting[block])
+                let_go = not self.cache.locked(storm_name, block)
+                got = self.cache.get_many(storm_name, waiting[block])
                 found.update(got)
                 waiting[block] = [t for t in waiting[block] if t not in got]
                 if let_go or not waiting[block]:
@@ -193,32 +195,34 @@ class SingleFlight:
 
     # ------------------------------------------------------------------ storing
 
-    def _store(self, storm: str, computed: Computed, locks: list[Lock], mine: list[Tile]) -> bool:
+    def _store(
+        self, storm_name: str, computed: Computed, locks: list[Lock], mine: list[Tile]
+    ) -> bool:
         """Store ``computed`` (in the writer thread when the cache is up), then release the
         locks and slots. True if that was handed to the writer."""
         cache = self.cache
         if cache is not None and cache.ok and (computed.entries or locks):
             # Answer now, store in the writer thread: the slots and locks stay taken (their
             # futures done) until the values are in Redis, so nobody computes them again.
-            self._writer.submit(self._store_and_release, storm, computed, locks, mine)
+            self._writer.submit(self._store_and_release, storm_name, computed, locks, mine)
             return True
         if cache is not None:  # Redis known to be down: one quick failure here
-            cache.set_many(storm, computed.entries)
+            cache.set_many(storm_name, computed.entries)
             cache.release(locks)
         return False
 
     def _store_and_release(
-        self, storm: str, computed: Computed, locks: list[Lock], tiles: list[Tile]
+        self, storm_name: str, computed: Computed, locks: list[Lock], tiles: list[Tile]
     ) -> None:
         assert self.cache is not None
         try:
-            self.cache.set_many(storm, computed.entries)
+            self.cache.set_many(storm_name, computed.entries)
             self.cache.count(computed.model_calls, computed.tiles_inferred)
         finally:
             self.cache.release(locks)
-            self._release(storm, tiles)
+            self._release(storm_name, tiles)
 
-    def _release(self, storm: str, tiles: Sequence[Tile]) -> None:
+    def _release(self, storm_name: str, tiles: Sequence[Tile]) -> None:
         with self._lock:
             for t in tiles:
-                self._slots.pop((storm, t), None)
+                self._slots.pop((storm_name, t), None)

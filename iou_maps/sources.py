@@ -196,7 +196,7 @@ class NoCache:
     """The cache of an engine without Redis: nothing cached."""
 
     @staticmethod
-    def get_many(storm: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
+    def get_many(storm_name: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
         """Nothing is cached."""
         return {}
 

@@ -29,7 +29,7 @@ READ_CHUNK = 4096
 class CacheReader(Protocol):
     """What a summary reads: ``MetricStore`` or ``GuardedStore``."""
 
-    def get_many(self, storm: str, tiles: Sequence[Tile]) -> Mapping[Tile, Entry]:
+    def get_many(self, storm_name: str, tiles: Sequence[Tile]) -> Mapping[Tile, Entry]:
         """Cached entries of ``tiles``."""
         ...
 
@@ -68,11 +68,11 @@ class StormSummary:
         return self.labelled > 0
 
 
-def read_all(cache: CacheReader, storm: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
+def read_all(cache: CacheReader, storm_name: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
     """Every cached entry of ``tiles``, in chunks of ``READ_CHUNK``."""
     out: dict[Tile, Entry] = {}
     for i in range(0, len(tiles), READ_CHUNK):
-        out.update(cache.get_many(storm, tiles[i : i + READ_CHUNK]))
+        out.update(cache.get_many(storm_name, tiles[i : i + READ_CHUNK]))
     return out
 
 

@@ -76,11 +76,11 @@ def canonical_query(items: Iterable[tuple[str, str]]) -> str:
 
 
 def tile_key(
-    storm: str, version: str, tms: str, z: int, x: int, y: int, fmt: str, query: str = ""
+    storm_name: str, version: str, tms: str, z: int, x: int, y: int, fmt: str, query: str = ""
 ) -> str:
     """The cache key of one imagery tile (``query``: ``canonical_query`` of its parameters)."""
     renderer = hashlib.blake2b(RENDERER.encode(), digest_size=6).hexdigest()
-    key = f"{KEY_PREFIX}:{storm}:{version}:{renderer}:{tms}/{z}/{x}/{y}.{fmt}"
+    key = f"{KEY_PREFIX}:{storm_name}:{version}:{renderer}:{tms}/{z}/{x}/{y}.{fmt}"
     return f"{key}?{query}" if query else key
 
 
@@ -147,10 +147,10 @@ class TileCache:
             pipe.exists(key)
         return [bool(n) for n in pipe.execute()]
 
-    def delete_storm(self, storm: str) -> int:
+    def delete_storm(self, storm_name: str) -> int:
         """Drop every kept tile of ``storm`` (all versions)."""
         n = 0
-        for key in self.client.scan_iter(match=f"{KEY_PREFIX}:{storm}:*", count=1000):
+        for key in self.client.scan_iter(match=f"{KEY_PREFIX}:{storm_name}:*", count=1000):
             n += int(self.client.delete(key))
         return n
 
