@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from iou_maps.catalog import Catalog  # noqa: E402
 from iou_maps.classes import CLASSES  # noqa: E402
-from service.testing import ServiceProcess  # noqa: E402
+from service.testing import ServiceProcess, open_popup_at  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
@@ -78,14 +78,7 @@ def main() -> None:
             )
             page.wait_for_load_state("networkidle", timeout=120_000)
             page.wait_for_function("() => document.getElementById('computing').hidden")
-            box = page.locator("#map").bounding_box()
-            x, y = page.evaluate(
-                "([lat, lon]) => { const p = iouMaps.map.latLngToContainerPoint([lat, lon]);"
-                " return [p.x, p.y]; }",
-                [lat, lon],
-            )
-            page.mouse.click(box["x"] + x, box["y"] + y)
-            page.locator(".metrics-popup table").wait_for(timeout=60_000)
+            open_popup_at(page, lat, lon)
             page.wait_for_timeout(500)  # the popup's opening animation
             a.out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(a.out))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -58,6 +58,30 @@ class Computed:
     def tiles_inferred(self) -> int:
         """Tiles the model ran on (those with imagery)."""
         return sum(1 for e in self.entries.values() if e.has_imagery)
+
+
+def compute_reads(
+    reads: Iterable[ChipRead], infer: Callable[[list[ChipRead]], np.ndarray], max_batch: int
+) -> Computed:
+    """Entries of read tiles: failures and "no imagery" as they are, the rest from ``infer``
+    in batches of ``max_batch`` (one model call each)."""
+    out = Computed()
+    todo: list[ChipRead] = []
+    for read in reads:
+        if read.error is not None:
+            out.failed[read.tile] = read.error
+        elif read.chip is None:
+            out.entries[read.tile] = NO_IMAGERY
+        else:
+            todo.append(read)
+    for start in range(0, len(todo), max_batch):
+        part = todo[start : start + max_batch]
+        values = infer(part)
+        out.model_calls += 1
+        for read, v in zip(part, values, strict=True):
+            # Served as stored: the tile's bytes do not change once it is cached.
+            out.entries[read.tile] = Entry(stored(v), 1)
+    return out
 
 
 class Computer(Protocol):
@@ -116,23 +140,11 @@ class LocalComputer:
 
     def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
         """Read ``tiles`` in the read threads, then infer them in batches of ``max_batch``."""
-        out = Computed()
-        todo = []
-        for read in self.reader.read(self.storms.get(storm_name).backend, tiles):
-            if read.error is not None:
-                out.failed[read.tile] = read.error
-            elif read.chip is None:
-                out.entries[read.tile] = NO_IMAGERY
-            else:
-                todo.append(read)
-        for start in range(0, len(todo), self.max_batch):
-            part = todo[start : start + self.max_batch]
-            values = self.infer(np.stack([r.chip for r in part if r.chip is not None]))
-            out.model_calls += 1
-            for read, v in zip(part, values, strict=True):
-                # Served as stored: the tile's bytes do not change once it is cached.
-                out.entries[read.tile] = Entry(stored(v), 1)
-        return out
+        reads = self.reader.read(self.storms.get(storm_name).backend, tiles)
+        return compute_reads(reads, self._infer_reads, self.max_batch)
+
+    def _infer_reads(self, reads: list[ChipRead]) -> np.ndarray:
+        return self.infer(np.stack([r.chip for r in reads if r.chip is not None]))
 
     def close(self) -> None:
         """Stop the read threads and close the open scene files."""

@@ -205,19 +205,27 @@ class MetricStore:
 
     def delete_storm(self, storm_name: str) -> int:
         """Drop every cached value of this model for a storm (``precompute --refresh``)."""
-        n = 0
-        for key in self.client.scan_iter(
-            match=f"{self.namespace}:{self.model_id}:{storm_name}:*", count=1000
-        ):
-            n += int(self.client.delete(key))
-        return n
+        return delete_matching(self.client, f"{self.namespace}:{self.model_id}:{storm_name}:*")
 
     def ping(self) -> bool:
         """Whether Redis answers."""
-        try:
-            return bool(self.client.ping())
-        except (redis.RedisError, OSError):
-            return False
+        return redis_answers(self.client)
+
+
+def delete_matching(client: redis.Redis, pattern: str) -> int:
+    """Delete the keys matching ``pattern`` (SCAN, not KEYS: the server stays responsive)."""
+    n = 0
+    for key in client.scan_iter(match=pattern, count=1000):
+        n += int(client.delete(key))
+    return n
+
+
+def redis_answers(client: redis.Redis) -> bool:
+    """Whether the Redis server of ``client`` answers (False, not an exception, if not)."""
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
 
 
 def connect(

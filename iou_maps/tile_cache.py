@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 import redis
 
 from iou_maps.config import Settings
-from iou_maps.metric_store import SOCKET_TIMEOUT, as_bytes
+from iou_maps.metric_store import SOCKET_TIMEOUT, as_bytes, delete_matching, redis_answers
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +149,11 @@ class TileCache:
 
     def delete_storm(self, storm_name: str) -> int:
         """Drop every kept tile of ``storm`` (all versions)."""
-        n = 0
-        for key in self.client.scan_iter(match=f"{KEY_PREFIX}:{storm_name}:*", count=1000):
-            n += int(self.client.delete(key))
-        return n
+        return delete_matching(self.client, f"{KEY_PREFIX}:{storm_name}:*")
 
     def ping(self) -> bool:
         """Whether the tile cache answers."""
-        try:
-            return bool(self.client.ping())
-        except (redis.RedisError, OSError):
-            return False
+        return redis_answers(self.client)
 
 
 def tile_cache_url(settings: Settings) -> str:

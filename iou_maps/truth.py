@@ -29,10 +29,9 @@ import numpy as np
 from mercantile import Tile
 
 from iou_maps.chips import ChipRead, read_error
-from iou_maps.compute import Computed
+from iou_maps.compute import Computed, compute_reads
 from iou_maps.errors import NoLabels
 from iou_maps.evaluation import MIN_LABELLED_FRACTION, read_chip, true_metrics
-from iou_maps.metric_store import NO_IMAGERY, Entry, stored
 from iou_maps.mosaic import OpenStorms, StormBackend
 
 #: Key space of the true metrics (keyed by the segmentation model's id).
@@ -167,25 +166,10 @@ class TruthComputer:
 
     def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
         """Read and score ``tiles``; read failures are returned, not raised."""
-        out = Computed()
         backend = self.storms.get(storm_name).backend
         chunk = max(1, math.ceil(len(tiles) / self._threads))
-        todo: list[ChipRead] = []
-        for read in self.stream(backend, tiles, chunk=chunk, ahead=self._threads):
-            if read.error is not None:
-                out.failed[read.tile] = read.error
-            elif read.chip is None:
-                out.entries[read.tile] = NO_IMAGERY
-            else:
-                todo.append(read)
-        for start in range(0, len(todo), self.max_batch):
-            part = todo[start : start + self.max_batch]
-            values = self.infer_reads(part)
-            out.model_calls += 1
-            for read, v in zip(part, values, strict=True):
-                # Served as stored: the tile's bytes do not change once it is cached.
-                out.entries[read.tile] = Entry(stored(v), 1)
-        return out
+        reads = self.stream(backend, tiles, chunk=chunk, ahead=self._threads)
+        return compute_reads(reads, self.infer_reads, self.max_batch)
 
     def close(self) -> None:
         """Stop the read threads."""

@@ -234,3 +234,16 @@ def _integer(value: Any, limit: int) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit:
         return value
     return None
+
+
+def open_popup_at(page: Any, lat: float, lon: float) -> None:
+    """Click the viewer's map where ``lat, lon`` is drawn and wait for the metrics popup
+    (``page``: a Playwright page of the viewer)."""
+    box = page.locator("#map").bounding_box()
+    x, y = page.evaluate(
+        "([lat, lon]) => { const p = iouMaps.map.latLngToContainerPoint([lat, lon]);"
+        " return [p.x, p.y]; }",
+        [lat, lon],
+    )
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.locator(".metrics-popup table").wait_for(timeout=60_000)

@@ -15,7 +15,7 @@ import shapely
 
 from iou_maps.catalog import Catalog
 from iou_maps.classes import CLASSES
-from service.testing import REPO, ServiceProcess
+from service.testing import REPO, ServiceProcess, open_popup_at
 
 CHROMIUM = os.environ.get("IOU_MAPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
@@ -191,14 +191,7 @@ def test_popup_says_absent_and_agrees_with_itself(page, service):
     page.goto(f"{service.url}/#18/{lat}/{lon}", wait_until="load")
     metric_tiles_loaded(page, "predicted")
     # Click the map where that coordinate is drawn.
-    box = page.locator("#map").bounding_box()
-    x, y = page.evaluate(
-        "([lat, lon]) => { const p = iouMaps.map.latLngToContainerPoint([lat, lon]);"
-        " return [p.x, p.y]; }",
-        [lat, lon],
-    )
-    page.mouse.click(box["x"] + x, box["y"] + y)
-    page.locator(".metrics-popup table").wait_for(timeout=60_000)
+    open_popup_at(page, lat, lon)
     rows = {
         r.locator("td").first.inner_text(): [c.inner_text() for c in r.locator("td.v").all()]
         for r in page.locator(".metrics-popup tr").all()
