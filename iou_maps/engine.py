@@ -37,7 +37,7 @@ from iou_maps.compute import Computer, LocalComputer, Predictor, ProcessComputer
 from iou_maps.config import Settings
 from iou_maps.errors import ModelNotFound, OutsideStorm
 from iou_maps.grid import analysis_tiles_for, descendants, tile_polygons
-from iou_maps.metric_store import NO_IMAGERY
+from iou_maps.metric_store import NO_IMAGERY, release
 from iou_maps.mosaic import LoadedStorm, OpenScenes, OpenStorms
 from iou_maps.single_flight import LOCK_WAIT
 from iou_maps.sources import NoCache, Sources, difference
@@ -84,6 +84,7 @@ class MetricEngine:
             if isinstance(truth, SegmentationSource)
             else truth
         )
+        self.client = client
         self.sources = Sources(self.computer, truth_computer, client, lock_wait, truth_missing)
         self.store = self.sources.predicted.store
         self.cache = self.sources.predicted.cache
@@ -131,9 +132,11 @@ class MetricEngine:
         return computer
 
     def close(self) -> None:
-        """Store what was computed, then stop the computers and close the scene files."""
+        """Store what was computed, stop the computers, close the scene files and let go of
+        Redis (an embedded server stops unless another process uses it)."""
         self.sources.close()
         self.storms.close()
+        release(self.client)
 
     def flush(self) -> None:
         """Wait until every computed value is stored (or has failed)."""

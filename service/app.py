@@ -31,6 +31,7 @@ from iou_maps import runtime
 from iou_maps.classes import METRICS, Source
 from iou_maps.config import Settings
 from iou_maps.engine import MetricEngine, open_engine
+from iou_maps.metric_store import release
 from iou_maps.mosaic import SceneReader, StormBackend
 from iou_maps.tile_cache import TileCache, connect_tile_cache
 from service import openapi
@@ -85,6 +86,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         engine.close()
+        if tile_cache is not None:
+            release(tile_cache.client)
 
     app = FastAPI(
         title="IoU Maps",

