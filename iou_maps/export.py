@@ -604,20 +604,15 @@ def write_archive(
     with _replacing(out) as tmp:
         if archive_format is ArchiveFormat.pmtiles:
             with open(tmp, "wb") as f:
-                archive: PMTilesArchive | MBTilesArchive = PMTilesArchive(f)
-                count = _write_tiles(archive, tiles, progress)
-                archive.finish(metadata)
-        else:
-            tmp.unlink()  # sqlite3 creates it
-            archive = MBTilesArchive(tmp)
-            count = _write_tiles(archive, tiles, progress)
-            archive.finish(metadata)
-    return count
+                return _write_tiles(PMTilesArchive(f), tiles, metadata, progress)
+        tmp.unlink()  # sqlite3 creates it
+        return _write_tiles(MBTilesArchive(tmp), tiles, metadata, progress)
 
 
 def _write_tiles(
     archive: TileArchive,
     tiles: Iterable[tuple[Tile, bytes]],
+    metadata: ArchiveMetadata,
     progress: Callable[[int], None] | None,
 ) -> int:
     count = 0
@@ -628,6 +623,7 @@ def _write_tiles(
             progress(count)
     if not count:
         raise ExportError("nothing to export: no tile of these zooms has imagery")
+    archive.finish(metadata)
     return count
 
 
@@ -695,16 +691,8 @@ def export_metric_archive(
     zooms = _zoom_range(storm, engine.analysis_zoom, minzoom, maxzoom, imagery=False)
     report = fill_cache(engine, layer.storm, source=layer.source, progress=fill_progress)
     metadata = metric_metadata(engine, layer, fmt.value, zooms, attribution)
-    total = _count_tiles(storm, zooms)
-    start = time.perf_counter()
-    count = write_archive(
-        out, archive_format, metric_tiles(engine, layer, zooms, fmt), metadata,
-        (lambda n: progress(n, total)) if progress else None,
-    )  # fmt: skip
-    return ExportSummary(
-        out, archive_format.value, count, out.stat().st_size, zooms,
-        time.perf_counter() - start, report,
-    )  # fmt: skip
+    tiles = metric_tiles(engine, layer, zooms, fmt)
+    return _export_archive(out, archive_format, tiles, metadata, storm, zooms, progress, report)
 
 
 def export_imagery_archive(
@@ -741,15 +729,31 @@ def export_imagery_archive(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
+    tiles = imagery_tiles(engine, storm_name, zooms, fmt)
+    return _export_archive(out, archive_format, tiles, metadata, storm, zooms, progress)
+
+
+def _export_archive(
+    out: Path,
+    archive_format: ArchiveFormat,
+    tiles: Iterable[tuple[Tile, bytes]],
+    metadata: ArchiveMetadata,
+    storm: Storm,
+    zooms: tuple[int, int],
+    progress: Progress | None,
+    report: FillReport | None = None,
+) -> ExportSummary:
+    """``write_archive`` with progress against the storm's tile count, timed and summarised."""
     total = _count_tiles(storm, zooms)
     start = time.perf_counter()
     count = write_archive(
-        out, archive_format, imagery_tiles(engine, storm_name, zooms, fmt), metadata,
-        (lambda n: progress(n, total)) if progress else None,
-    )  # fmt: skip
-    return ExportSummary(
-        out, archive_format.value, count, out.stat().st_size, zooms, time.perf_counter() - start
+        out, archive_format, tiles, metadata, (lambda n: progress(n, total)) if progress else None
     )
+    seconds = time.perf_counter() - start
+    return ExportSummary(
+        out, archive_format.value, count, out.stat().st_size, zooms, seconds,
+        report or FillReport(),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- COG
