@@ -88,8 +88,8 @@ def private_redis() -> Iterator[str]:
 
 def save_demo_size_regressor(directory: Path) -> None:
     """A regressor of the demo architecture (fresh weights: speed does not depend on them)."""
-    from iou_maps.regressor import build_regressor, save_regressor
-    from iou_maps.segmentation import (
+    from iou_maps.models.regressor import build_regressor, save_regressor
+    from iou_maps.models.segmentation import (
         SegmentationConfig,
         SegmentationModel,
         build_model,
@@ -104,7 +104,7 @@ def save_demo_size_regressor(directory: Path) -> None:
 
 def ensure_demo_size_regressor(directory: Path) -> None:
     """``save_demo_size_regressor`` unless one that this code can load is there already."""
-    from iou_maps.regressor import RegressorError, load_regressor
+    from iou_maps.models.regressor import RegressorError, load_regressor
 
     try:
         load_regressor(directory)
@@ -130,7 +130,7 @@ def pipeline_data_dir(path: Path | str, fresh: bool) -> Path:
 
 def pipeline_storm(data: Path, seed: int, pr: Callable) -> object:
     """Storm ``seed<N>`` of the pipeline benches, generated and ingested once."""
-    from iou_maps.demo import ensure_storm
+    from iou_maps.cli.demo import ensure_storm
 
     return ensure_storm(
         data, f"seed{seed}", seed=seed, scenes=PIPELINE_STORMS[seed], size=1536,
@@ -140,7 +140,7 @@ def pipeline_storm(data: Path, seed: int, pr: Callable) -> object:
 
 def pipeline_segmentation(data: Path, pr: Callable) -> tuple[object, object]:
     """(storm seed1, the demo-size segmentation model trained on it), trained once."""
-    from iou_maps.demo import ensure_segmentation
+    from iou_maps.cli.demo import ensure_segmentation
 
     train = pipeline_storm(data, 1, pr)
     return train, ensure_segmentation(data, "bench", [train], 18, progress=pr, log=log)
@@ -150,10 +150,10 @@ RATE_SCRIPT = """
 import json, sys, time
 from pathlib import Path
 from iou_maps.errors import RegressorError
-from iou_maps import runtime
+from iou_maps.models import runtime
 runtime.inference_process()
 import numpy as np
-from iou_maps.regressor import load_regressor
+from iou_maps.models.regressor import load_regressor
 reg = load_regressor(Path(sys.argv[1]))
 chips = np.load(sys.argv[2])
 batch, seconds = int(sys.argv[3]), float(sys.argv[4])
@@ -169,7 +169,7 @@ print(json.dumps({"tiles_s": n / (time.perf_counter() - start)}))
 
 def predict_rate(regressor: Path, chips: object, batch: int = 32, seconds: float = 5.0) -> float:
     """Tiles/s of ``Regressor.predict`` on ``chips`` in a fresh process set up as the service
-    and precompute are (iou_maps.runtime.inference_process): a process that has trained runs
+    and precompute are (iou_maps.models.runtime.inference_process): a process that has trained runs
     TensorFlow with other settings, which cannot change once it is imported."""
     import json
 

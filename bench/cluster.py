@@ -32,8 +32,8 @@ MODEL = "bench"
 
 
 def storm_and_model(data: Path, scenes: int, size: int) -> None:
-    from iou_maps.demo import ensure_storm
-    from iou_maps.models import regressor_dir
+    from iou_maps.cli.demo import ensure_storm
+    from iou_maps.models.registry import regressor_dir
 
     with progress() as pr:
         ensure_storm(data, STORM, seed=9, scenes=scenes, size=size, progress=pr, log=log)
@@ -42,9 +42,9 @@ def storm_and_model(data: Path, scenes: int, size: int) -> None:
 
 def local_rate(data: Path, redis_url: str) -> float:
     """Tiles/s of precompute in this process (model loaded before the clock starts)."""
+    from iou_maps.compute.engine import open_engine
+    from iou_maps.compute.precompute import precompute
     from iou_maps.config import Settings
-    from iou_maps.engine import open_engine
-    from iou_maps.precompute import precompute
 
     engine = open_engine(Settings(data_dir=data, model=MODEL, redis_url=redis_url))
     try:
@@ -56,7 +56,7 @@ def local_rate(data: Path, redis_url: str) -> float:
 
 
 def cluster_rate(client, data: Path, redis_url: str) -> float:
-    from iou_maps.cluster import precompute_on_cluster, prepare_workers
+    from iou_maps.compute.cluster import precompute_on_cluster, prepare_workers
     from iou_maps.config import Settings
 
     settings = Settings(data_dir=data.resolve(), model=MODEL, redis_url=redis_url)
@@ -119,8 +119,8 @@ def duplicates(data: Path, redis_url: str, tiles: list) -> tuple[int, int]:
         # value (the "no imagery" markers cost no model call).
         import redis
 
-        from iou_maps.grid import descendants
-        from iou_maps.metric_store import MetricStore
+        from iou_maps.compute.metric_store import MetricStore
+        from iou_maps.storms.grid import descendants
 
         store = MetricStore(redis.Redis.from_url(redis_url), body["model_id"])
         under = [t for p in parents for t in descendants(p, 18)]
@@ -207,7 +207,7 @@ def under_load(data: Path, redis_url: str, tiles: list, seconds: float) -> tuple
 
 
 def main() -> None:
-    from iou_maps import runtime
+    from iou_maps.models import runtime
 
     runtime.inference_process()  # the in-process side runs as `iou-maps precompute` does
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -222,8 +222,8 @@ def main() -> None:
     import redis
     from distributed import Client, LocalCluster
 
-    from iou_maps.catalog import Catalog
-    from iou_maps.precompute import tiles_of
+    from iou_maps.compute.precompute import tiles_of
+    from iou_maps.storms.catalog import Catalog
 
     tiles = tiles_of(Catalog(a.data_dir).storm(STORM), 18)
     log(f"storm {STORM}: {len(tiles)} analysis tiles")

@@ -44,19 +44,19 @@ def main() -> None:
     import numpy as np
     import redis
 
-    from iou_maps.catalog import Catalog
-    from iou_maps.classes import METRICS
+    from iou_maps.cli.demo import ensure_storm
+    from iou_maps.compute.metric_store import Entry, MetricStore
+    from iou_maps.compute.precompute import tiles_of
     from iou_maps.config import Settings
-    from iou_maps.demo import ensure_storm
-    from iou_maps.export import (
+    from iou_maps.exports.export import (
         ArchiveFormat,
         MetricLayer,
         export_metric_archive,
         open_export_engine,
     )
-    from iou_maps.metric_store import Entry, MetricStore
-    from iou_maps.models import regressor_dir
-    from iou_maps.precompute import tiles_of
+    from iou_maps.models.classes import METRICS
+    from iou_maps.models.registry import regressor_dir
+    from iou_maps.storms.catalog import Catalog
 
     data = Path(a.data_dir)
     with progress() as pr:

@@ -2,7 +2,8 @@
 close it runs to the machine's float32 matrix-multiply rate.
 
 Each round starts two fresh processes, one after the other: the current code, set up as the
-processes that only infer are (``iou_maps.runtime.inference_process``: oneDNN on, one core per
+processes that only infer are (``iou_maps.models.runtime.inference_process``: oneDNN on, one core
+per
 op, the network on parallel branches), and the code of ``--baseline-rev`` (the commit before
 issue 18), as it ran then. Each builds a regressor of the demo architecture (fresh weights:
 speed does not depend on them), saves and reloads it like a served model, and times
@@ -85,13 +86,13 @@ def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(args.code)))
     sys.path.insert(0, str(Path(args.code) / "bench"))
     if not args.baseline:
-        from iou_maps import runtime
+        from iou_maps.models import runtime
 
         runtime.inference_process()
     import numpy as np
     from _common import save_demo_size_regressor
 
-    from iou_maps.regressor import load_regressor
+    from iou_maps.models.regressor import load_regressor
 
     with tempfile.TemporaryDirectory() as tmp:
         save_demo_size_regressor(Path(tmp))
@@ -113,7 +114,7 @@ def keras_backend_rates(model_dir: Path, batches: list[int], seconds: float) -> 
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    import iou_maps.model_layers  # noqa: F401  (registers the regressor's layers)
+    import iou_maps.models.model_layers  # noqa: F401  (registers the regressor's layers)
 
     backend = keras.backend.backend()
     model = keras.models.load_model(model_dir / "model.keras", compile=False)

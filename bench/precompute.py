@@ -29,7 +29,7 @@ def main() -> None:
         "--raw-tiles", type=int, default=0, help="tiles for the raw-inference run (0: all)"
     )
     a = p.parse_args()
-    from iou_maps import runtime
+    from iou_maps.models import runtime
 
     # Set up as `iou-maps precompute` is (oneDNN on, one core per op, parallel branches), for
     # both sides: precompute and raw inference run the same faster path.
@@ -37,12 +37,12 @@ def main() -> None:
     import numpy as np
     import redis
 
-    from iou_maps.catalog import Catalog
-    from iou_maps.demo import ensure_storm
-    from iou_maps.engine import MetricEngine
-    from iou_maps.models import regressor_dir
-    from iou_maps.precompute import precompute, storm_tiles
-    from iou_maps.regressor import load_regressor
+    from iou_maps.cli.demo import ensure_storm
+    from iou_maps.compute.engine import MetricEngine
+    from iou_maps.compute.precompute import precompute, storm_tiles
+    from iou_maps.models.registry import regressor_dir
+    from iou_maps.models.regressor import load_regressor
+    from iou_maps.storms.catalog import Catalog
 
     data = Path(a.data_dir)
     with progress() as pr:

@@ -28,12 +28,12 @@ from _common import (
     progress,
 )
 
-from iou_maps.catalog import Catalog
-from iou_maps.classes import METRICS
-from iou_maps.demo import ensure_evaluation, ensure_regressor
-from iou_maps.models import regressor_dir
-from iou_maps.pipeline import regressor_training_set
-from iou_maps.regressor import evaluation_scores
+from iou_maps.cli.demo import ensure_evaluation, ensure_regressor
+from iou_maps.models.classes import METRICS
+from iou_maps.models.pipeline import regressor_training_set
+from iou_maps.models.registry import regressor_dir
+from iou_maps.models.regressor import evaluation_scores
+from iou_maps.storms.catalog import Catalog
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import argparse
 
 from _common import OUT, log, pipeline_data_dir, pipeline_segmentation, pipeline_storm, progress
 
-from iou_maps.demo import ensure_evaluation
-from iou_maps.evaluation import scene_summary
+from iou_maps.cli.demo import ensure_evaluation
+from iou_maps.models.evaluation import scene_summary
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ import mercantile  # noqa: E402
 import shapely  # noqa: E402
 from _common import private_redis  # noqa: E402
 
-from iou_maps.catalog import Catalog  # noqa: E402
+from iou_maps.storms.catalog import Catalog  # noqa: E402
 from service.testing import ServiceProcess  # noqa: E402
 
 STORM = "bench"
@@ -51,9 +51,9 @@ def make_data(data_dir: Path, scenes: int, seed: int) -> None:
     runs; its weights do not change the timings)."""
     from _common import save_demo_size_regressor
 
-    from iou_maps.catalog import ingest
-    from iou_maps.models import regressor_dir
-    from iou_maps.synthetic import generate_storm
+    from iou_maps.models.registry import regressor_dir
+    from iou_maps.storms.catalog import ingest
+    from iou_maps.storms.synthetic import generate_storm
 
     source = data_dir.parent / "source"
     shutil.rmtree(source, ignore_errors=True)
@@ -131,8 +131,8 @@ class RawCost:
     def __init__(self, data_dir: Path, tiles: list[mercantile.Tile]) -> None:
         import numpy as np
 
-        from iou_maps.engine import MetricEngine
-        from iou_maps.models import load_regressor_model
+        from iou_maps.compute.engine import MetricEngine
+        from iou_maps.models.registry import load_regressor_model
 
         self._np = np
         self.predictor = load_regressor_model(data_dir, MODEL)
@@ -168,9 +168,9 @@ class RawCost:
 
 
 def main() -> None:
-    from iou_maps import runtime
+    from iou_maps.models import runtime
 
-    # The raw side runs in this process as the server runs (iou_maps.runtime's inference
+    # The raw side runs in this process as the server runs (iou_maps.models.runtime's inference
     # settings): both sides pay the same for a model call.
     runtime.inference_process()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -190,7 +190,7 @@ def main() -> None:
         make_data(data_dir, args.scenes, args.seed)
     from _common import ensure_demo_size_regressor
 
-    from iou_maps.models import regressor_dir
+    from iou_maps.models.registry import regressor_dir
 
     ensure_demo_size_regressor(regressor_dir(data_dir, MODEL))
     storm = Catalog(data_dir).storm(STORM)
@@ -219,7 +219,7 @@ def main() -> None:
     ):
         import redis
 
-        from iou_maps.metric_store import connect
+        from iou_maps.compute.metric_store import connect
 
         redis_client = connect(args.redis_url, data_dir)
         tile_cache = redis.Redis.from_url(tile_cache_url)

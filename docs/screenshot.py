@@ -24,8 +24,8 @@ import shapely
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from iou_maps.catalog import Catalog  # noqa: E402
-from iou_maps.classes import CLASSES  # noqa: E402
+from iou_maps.models.classes import CLASSES  # noqa: E402
+from iou_maps.storms.catalog import Catalog  # noqa: E402
 from service.testing import ServiceProcess, open_popup_at  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]

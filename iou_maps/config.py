@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from iou_maps.grid import DEFAULT_ANALYSIS_ZOOM
+from iou_maps.storms.grid import DEFAULT_ANALYSIS_ZOOM
 
 
 class Settings(BaseSettings):

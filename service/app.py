@@ -27,13 +27,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from titiler.core.factory import ColorMapFactory, TMSFactory
 
-from iou_maps import runtime
-from iou_maps.classes import METRICS, Source
+from iou_maps.compute.engine import MetricEngine, open_engine
+from iou_maps.compute.metric_store import release
+from iou_maps.compute.tile_cache import TileCache, connect_tile_cache
 from iou_maps.config import Settings
-from iou_maps.engine import MetricEngine, open_engine
-from iou_maps.metric_store import release
-from iou_maps.mosaic import SceneReader, StormBackend
-from iou_maps.tile_cache import TileCache, connect_tile_cache
+from iou_maps.models import runtime
+from iou_maps.models.classes import METRICS, Source
+from iou_maps.storms.mosaic import SceneReader, StormBackend
 from service import openapi
 from service.admission import ComputeQueue
 from service.dependencies import (
@@ -179,6 +179,6 @@ def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory``: settings from the environment (IOU_MAPS_*).
 
     A server process only infers: TensorFlow gets the inference settings (oneDNN on, one
-    core per op) unless the user set them or it was imported before (iou_maps.runtime)."""
+    core per op) unless the user set them or it was imported before (iou_maps.models.runtime)."""
     runtime.inference_process()
     return create_app(Settings())

@@ -22,11 +22,11 @@ from rio_tiler.mosaic.methods.base import MosaicMethodBase
 from rio_tiler.types import ColorMapType, RIOResampling
 from titiler.core.dependencies import DefaultDependency
 
-from iou_maps.catalog import STORM_NAME_RE, Storm
-from iou_maps.classes import METRICS, Source
-from iou_maps.engine import MetricEngine
-from iou_maps.grid import MAX_ZOOM, validate_tile
-from iou_maps.mosaic import FirstFill
+from iou_maps.compute.engine import MetricEngine
+from iou_maps.models.classes import METRICS, Source
+from iou_maps.storms.catalog import STORM_NAME_RE, Storm
+from iou_maps.storms.grid import MAX_ZOOM, validate_tile
+from iou_maps.storms.mosaic import FirstFill
 
 #: The analysis grid and StormBackend's asset lookups are Web-Mercator: the only TMS served.
 WEB_MERCATOR_QUAD: TileMatrixSet = morecantile_tms.get("WebMercatorQuad")

@@ -36,11 +36,8 @@ from titiler.mosaic.extensions.wmts import DEFAULT_TEMPLATES as WMTS_TEMPLATES
 from titiler.mosaic.extensions.wmts import wmtsExtension
 from titiler.mosaic.factory import MosaicTilerFactory
 
-from iou_maps.catalog import Storm
-from iou_maps.classes import METRICS, Source
-from iou_maps.engine import GRID_LEVELS, MetricEngine
-from iou_maps.mosaic import metric_zoom_range
-from iou_maps.render import (
+from iou_maps.compute.engine import GRID_LEVELS, MetricEngine
+from iou_maps.layers.render import (
     WEB_MERCATOR,
     MetricFormat,
     default_colormap,
@@ -48,8 +45,11 @@ from iou_maps.render import (
     encode_metric_tile,
     legend_stops,
 )
-from iou_maps.sources import difference
-from iou_maps.tile_values import TileGrid
+from iou_maps.layers.sources import difference
+from iou_maps.layers.tile_values import TileGrid
+from iou_maps.models.classes import METRICS, Source
+from iou_maps.storms.catalog import Storm
+from iou_maps.storms.mosaic import metric_zoom_range
 from service.admission import Busy, ComputeQueue
 from service.dependencies import (
     SUPPORTED_TMS,

@@ -1,5 +1,5 @@
 """HTTP caching of tiles, TileJSON and WMTS: Cache-Control, strong ETags, 304 Not Modified,
-and the server-side imagery tile cache (iou_maps.tile_cache).
+and the server-side imagery tile cache (iou_maps.compute.tile_cache).
 
 An ETag is a hash of everything that decides a response's bytes: the renderer (the versions
 of the code that encodes tiles), the storm's catalogue version (a hash of its footprints
@@ -37,10 +37,10 @@ from rio_tiler.errors import EmptyMosaicError, NoAssetFoundError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from iou_maps.catalog import Storm
-from iou_maps.engine import MetricEngine
-from iou_maps.imagery import TMS
-from iou_maps.tile_cache import RENDERER, CachedTile, TileCache, canonical_query, tile_key
+from iou_maps.compute.engine import MetricEngine
+from iou_maps.compute.tile_cache import RENDERER, CachedTile, TileCache, canonical_query, tile_key
+from iou_maps.storms.catalog import Storm
+from iou_maps.storms.imagery import TMS
 
 #: Headers of a rendered imagery tile that the tile cache keeps with its bytes.
 KEPT_HEADERS = ("Content-Bbox", "Content-Crs")
@@ -55,9 +55,8 @@ def _service_renderer() -> str:
     """RENDERER plus this package's code that decides response bytes (parameters, defaults,
     documents): a deployment that changes it gets new ETags."""
     code = hashlib.blake2b(digest_size=6)
-    here = Path(__file__).parent
-    for module in ("factories.py", "dependencies.py", "models.py", "http_cache.py"):
-        code.update((here / module).read_bytes())
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(module.read_bytes())
     return f"{RENDERER} service/{code.hexdigest()}"
 
 

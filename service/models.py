@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from titiler.core.models.mapbox import TileJSON
 
-from iou_maps.classes import METRICS, Source
+from iou_maps.models.classes import METRICS, Source
 
 
 class Link(BaseModel):

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import mercantile
 
-from iou_maps.catalog import STORM_NAME_RE
-from iou_maps.grid import MAX_ZOOM
+from iou_maps.storms.catalog import STORM_NAME_RE
+from iou_maps.storms.grid import MAX_ZOOM
 from service.dependencies import MAX_LATITUDE
 
 REPO = Path(__file__).resolve().parent.parent

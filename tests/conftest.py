@@ -99,7 +99,7 @@ class ServedData:
 
 def tiny_segmentation():
     """A real segmentation_gym-style resunet, small enough to build in a second."""
-    from iou_maps.segmentation import (
+    from iou_maps.models.segmentation import (
         SegmentationConfig,
         SegmentationModel,
         build_model,
@@ -116,11 +116,11 @@ def tiny_segmentation():
 
 
 def make_served_data(root: Path, scenes: int = 4, size: int = 512, seed: int = 3) -> ServedData:
-    from iou_maps.catalog import ingest
-    from iou_maps.models import regressor_dir, segmentation_dir
-    from iou_maps.regressor import build_regressor, save_regressor
-    from iou_maps.segmentation import save_segmentation
-    from iou_maps.synthetic import generate_storm
+    from iou_maps.models.registry import regressor_dir, segmentation_dir
+    from iou_maps.models.regressor import build_regressor, save_regressor
+    from iou_maps.models.segmentation import save_segmentation
+    from iou_maps.storms.catalog import ingest
+    from iou_maps.storms.synthetic import generate_storm
 
     data = ServedData(root / "data", root / "source")
     generate_storm(ServedData.storm, data.source_dir, scenes=scenes, seed=seed, size=size)

@@ -13,13 +13,13 @@ import pytest
 import redis
 from distributed import Client, LocalCluster
 
-from iou_maps.catalog import Catalog
-from iou_maps.cluster import BLOCK_LEVELS, blocks_of, precompute_on_cluster
-from iou_maps.compute import LocalComputer, ProcessComputer
+from iou_maps.compute.cluster import BLOCK_LEVELS, blocks_of, precompute_on_cluster
+from iou_maps.compute.computers import LocalComputer, ProcessComputer
+from iou_maps.compute.engine import MetricEngine
+from iou_maps.compute.metric_store import MetricStore, unpack
+from iou_maps.compute.precompute import precompute, storm_tiles, uncached
 from iou_maps.config import Settings
-from iou_maps.engine import MetricEngine
-from iou_maps.metric_store import MetricStore, unpack
-from iou_maps.precompute import precompute, storm_tiles, uncached
+from iou_maps.storms.catalog import Catalog
 
 from .conftest import ServedData, make_served_data
 from .test_precompute import engine_for
@@ -184,7 +184,7 @@ def test_true_values_on_the_cluster_are_the_in_process_ones(data, client, redis_
     # precompute --source true on the cluster: the workers load the segmentation model too,
     # and store what this process would (true values, predictions for the error layer, both
     # layers' aggregates).
-    from iou_maps.classes import Source
+    from iou_maps.models.classes import Source
 
     from .test_truth import engine_for as engine_with_truth
 

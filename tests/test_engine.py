@@ -9,8 +9,8 @@ import numpy as np
 import redis
 from mercantile import Tile
 
-from iou_maps.engine import MetricEngine
-from iou_maps.metric_store import MetricStore
+from iou_maps.compute.engine import MetricEngine
+from iou_maps.compute.metric_store import MetricStore
 
 from .test_precompute import engine_for
 
@@ -61,7 +61,7 @@ def test_close_stores_what_was_computed(served_data, redis_url):
 def test_a_tile_read_alone_is_rio_tilers_chip(served_data):
     """read_one's grid path gives the chip rio-tiler's mosaic read gives, tile by tile
     (scene edges and overlaps included), or None for both."""
-    from iou_maps.grid import tiles_intersecting
+    from iou_maps.storms.grid import tiles_intersecting
 
     engine = engine_for(served_data, None)
     loaded = engine.storm(served_data.storm)

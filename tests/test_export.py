@@ -33,12 +33,11 @@ from rasterio.windows import Window, from_bounds
 from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
-from iou_maps.catalog import Catalog
-from iou_maps.classes import Source
-from iou_maps.cli import app
+from iou_maps.cli.main import app
+from iou_maps.compute.precompute import tiles_of
 from iou_maps.config import Settings
 from iou_maps.errors import ExportError, StacError
-from iou_maps.export import (
+from iou_maps.exports.export import (
     ArchiveFormat,
     ImageryFormat,
     MetricLayer,
@@ -48,8 +47,9 @@ from iou_maps.export import (
     open_export_engine,
     tiles_at,
 )
-from iou_maps.precompute import tiles_of
-from iou_maps.stac import offline_validation, validate, write_storm_collection
+from iou_maps.exports.stac import offline_validation, validate, write_storm_collection
+from iou_maps.models.classes import Source
+from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, ServiceProcess
 
 from .test_truth import BARE, with_bare  # noqa: F401 (fixture)

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from rasterio.warp import transform
 
-from iou_maps.catalog import Catalog
+from iou_maps.storms.catalog import Catalog
 from service.testing import ServiceProcess
 
 STORM = "alpha"

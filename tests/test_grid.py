@@ -8,7 +8,7 @@ import pytest
 import shapely
 from mercantile import Tile
 
-from iou_maps.grid import (
+from iou_maps.storms.grid import (
     aggregate,
     analysis_tiles_for,
     ancestor,

@@ -17,11 +17,11 @@ import pytest
 from titiler.core.resources.enums import ImageType
 from typer.testing import CliRunner
 
-from iou_maps.catalog import Catalog, ingest
-from iou_maps.imagery import cached_zooms, imagery_key, precompute_imagery, render_tile
-from iou_maps.metric_store import Entry, MetricStore
-from iou_maps.mosaic import OpenStorms
-from iou_maps.tile_cache import TileCache
+from iou_maps.compute.metric_store import Entry, MetricStore
+from iou_maps.compute.tile_cache import TileCache
+from iou_maps.storms.catalog import Catalog, ingest
+from iou_maps.storms.imagery import cached_zooms, imagery_key, precompute_imagery, render_tile
+from iou_maps.storms.mosaic import OpenStorms
 from service.testing import ServiceProcess
 from tests.conftest import RedisProcess, ServedData, tiny_segmentation
 
@@ -34,8 +34,8 @@ HOST = {"Host": "tiles.example.org"}
 @pytest.fixture(scope="module")
 def data(served_data: ServedData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the served data (tests here re-ingest) with a second model, ``tiny2``."""
-    from iou_maps.models import regressor_dir
-    from iou_maps.regressor import build_regressor, save_regressor
+    from iou_maps.models.registry import regressor_dir
+    from iou_maps.models.regressor import build_regressor, save_regressor
 
     root = tmp_path_factory.mktemp("http-cache") / "data"
     shutil.copytree(served_data.data_dir, root, ignore=shutil.ignore_patterns("redis"))
@@ -228,7 +228,7 @@ def test_etag_changes_with_the_model(service, data, redis_server, tile_redis, ur
 def test_etag_changes_on_reingest(served_data, redis_server, tmp_path, center, zooms):
     """A re-ingest that changes a scene changes every ETag of the storm; one that changes
     nothing keeps them (the version hashes the footprints file's contents)."""
-    from iou_maps.synthetic import generate_storm
+    from iou_maps.storms.synthetic import generate_storm
 
     root = tmp_path / "data"
     shutil.copytree(served_data.data_dir, root, ignore=shutil.ignore_patterns("redis"))
@@ -279,7 +279,7 @@ def test_imagery_from_the_tile_cache_is_byte_identical(
 def test_precompute_imagery_fills_what_the_service_serves(
     service, service2, tile_redis, zooms, data, monkeypatch
 ):
-    from iou_maps.cli import app
+    from iou_maps.cli.main import app
 
     tile_redis.client().flushdb()
     monkeypatch.setenv("IOU_MAPS_TILE_CACHE_URL", tile_redis.url)

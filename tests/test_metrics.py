@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, jaccard_score
 
-from iou_maps.classes import NODATA_LABEL
-from iou_maps.metrics import class_fractions, confusion_matrices, metric_vectors
+from iou_maps.models.classes import NODATA_LABEL
+from iou_maps.models.metrics import class_fractions, confusion_matrices, metric_vectors
 
 
 def sklearn_vector(label: np.ndarray, pred: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ import shapely
 from rasterio.windows import Window
 from rio_tiler.io import Reader
 
-from iou_maps.catalog import Catalog
 from iou_maps.errors import OffGrid, SceneReadError
-from iou_maps.mosaic import (
+from iou_maps.storms.catalog import Catalog
+from iou_maps.storms.mosaic import (
     OpenScenes,
     SceneReader,
     StormBackend,

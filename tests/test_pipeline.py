@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iou_maps.classes import METRICS
-from iou_maps.models import load_regressor_model, load_segmentation_model, regressor_dir
-from iou_maps.segmentation import demo_config
+from iou_maps.models.classes import METRICS
+from iou_maps.models.registry import load_regressor_model, load_segmentation_model, regressor_dir
+from iou_maps.models.segmentation import demo_config
 
 from .conftest import ServedData, make_served_data
 
@@ -81,7 +81,7 @@ def test_cli_pipeline_end_to_end(data, tmp_path) -> None:
     # The demo's step retrains a regressor saved in an older layout instead of failing.
     import keras
 
-    from iou_maps.demo import ensure_regressor
+    from iou_maps.cli.demo import ensure_regressor
 
     older = regressor_dir(data.data_dir, "reg2")
     inputs = keras.Input((64, 64, 3))

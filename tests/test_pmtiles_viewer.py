@@ -25,12 +25,17 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from iou_maps.catalog import Catalog
-from iou_maps.classes import METRICS
+from iou_maps.compute.metric_store import Entry, MetricStore
+from iou_maps.compute.precompute import tiles_of
 from iou_maps.config import Settings
-from iou_maps.export import ArchiveFormat, MetricLayer, export_metric_archive, open_export_engine
-from iou_maps.metric_store import Entry, MetricStore
-from iou_maps.precompute import tiles_of
+from iou_maps.exports.export import (
+    ArchiveFormat,
+    MetricLayer,
+    export_metric_archive,
+    open_export_engine,
+)
+from iou_maps.models.classes import METRICS
+from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, free_port
 from tests.test_viewer import ARTIFACTS, CHROMIUM
 

@@ -15,13 +15,13 @@ import pytest
 import redis
 import shapely
 
-from iou_maps.catalog import Catalog
-from iou_maps.engine import MetricEngine
+from iou_maps.compute.engine import MetricEngine
+from iou_maps.compute.metric_store import unpack
+from iou_maps.compute.precompute import precompute, storm_tiles
 from iou_maps.errors import CacheUnavailable
-from iou_maps.grid import tiles_intersecting
-from iou_maps.metric_store import unpack
-from iou_maps.models import load_regressor_model
-from iou_maps.precompute import precompute, storm_tiles
+from iou_maps.models.registry import load_regressor_model
+from iou_maps.storms.catalog import Catalog
+from iou_maps.storms.grid import tiles_intersecting
 
 from .conftest import ServedData, make_served_data
 

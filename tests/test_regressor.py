@@ -9,11 +9,11 @@ import keras
 import numpy as np
 import pytest
 
-from iou_maps.classes import METRICS, NCLASSES, NODATA_LABEL
 from iou_maps.errors import RegressorError
-from iou_maps.inference_graph import foldable_batch_norms
-from iou_maps.metrics import class_fractions
-from iou_maps.regressor import (
+from iou_maps.models.classes import METRICS, NCLASSES, NODATA_LABEL
+from iou_maps.models.inference_graph import foldable_batch_norms
+from iou_maps.models.metrics import class_fractions
+from iou_maps.models.regressor import (
     FEATURES,
     KINDS,
     NETWORK,
@@ -30,7 +30,7 @@ from iou_maps.regressor import (
     split_by_scene,
     train_regressor,
 )
-from iou_maps.segmentation import SegmentationConfig, SegmentationModel, demo_config
+from iou_maps.models.segmentation import SegmentationConfig, SegmentationModel, demo_config
 
 from .conftest import tiny_segmentation
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iou_maps import runtime
+from iou_maps.models import runtime
 
 from .test_regressor import META, with_batch_statistics
 
@@ -35,7 +35,7 @@ def run(code: str, env: dict[str, str]) -> dict:
 
 ROLE = """
 import json, os, sys
-from iou_maps import runtime
+from iou_maps.models import runtime
 getattr(runtime, sys.argv[1] if len(sys.argv) > 1 else "{role}")()
 print(json.dumps({{k: os.environ.get(k) for k in {names!r}}}))
 """
@@ -81,10 +81,10 @@ PREDICT = """
 import json, sys
 import numpy as np
 from pathlib import Path
-from iou_maps import runtime
+from iou_maps.models import runtime
 getattr(runtime, sys.argv[1])()
 from tensorflow.python.util import _pywrap_util_port
-from iou_maps.regressor import load_regressor
+from iou_maps.models.regressor import load_regressor
 reg = load_regressor(Path(sys.argv[2]))
 np.save(sys.argv[4], reg.predict(np.load(sys.argv[3])))
 print(json.dumps({"onednn": bool(_pywrap_util_port.IsMklEnabled()), "branches": reg.branches}))
@@ -93,7 +93,7 @@ print(json.dumps({"onednn": bool(_pywrap_util_port.IsMklEnabled()), "branches": 
 
 @pytest.mark.parametrize("kind", ["softmax", "encoder"])
 def test_onednn_inference_gives_the_same_numbers(kind, tmp_path) -> None:
-    from iou_maps.regressor import build_regressor, save_regressor
+    from iou_maps.models.regressor import build_regressor, save_regressor
 
     from .conftest import tiny_segmentation
 
@@ -123,7 +123,7 @@ def test_missing_tensorflow_says_which_extra_to_install() -> None:
     # TensorFlow comes with the `cpu` or `gpu` extra: without it, the error says so.
     code = (
         "import sys; sys.modules['tensorflow'] = None\n"
-        "try:\n    import iou_maps.regressor\n"
+        "try:\n    import iou_maps.models.regressor\n"
         "except ModuleNotFoundError as exc:\n    print(exc)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True,

@@ -21,8 +21,8 @@ import pytest
 import shapely
 from mercantile import Tile
 
-from iou_maps.catalog import Catalog
-from iou_maps.grid import descendants
+from iou_maps.storms.catalog import Catalog
+from iou_maps.storms.grid import descendants
 from service.testing import ServiceProcess
 
 STORM = "alpha"

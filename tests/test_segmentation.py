@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from iou_maps.classes import NODATA_LABEL, SAND, VEGETATION, WATER
 from iou_maps.errors import ConfigError, WeightsError
-from iou_maps.segmentation import (
+from iou_maps.models.classes import NODATA_LABEL, SAND, VEGETATION, WATER
+from iou_maps.models.segmentation import (
     KNOWN_CONFIG_KEYS,
     SegmentationConfig,
     SegmentationModel,

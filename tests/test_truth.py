@@ -17,22 +17,22 @@ import pytest
 import redis
 from mercantile import Tile
 
-from iou_maps.catalog import Catalog, ingest
-from iou_maps.classes import METRICS, NMETRICS, Source
-from iou_maps.engine import MetricEngine
+from iou_maps.compute.engine import MetricEngine
+from iou_maps.compute.metric_store import MetricStore
+from iou_maps.compute.precompute import precompute
+from iou_maps.compute.truth import TRUE_NAMESPACE, SegmentationSource, segmentation_id
 from iou_maps.errors import NoLabels
-from iou_maps.grid import tiles_intersecting
-from iou_maps.metric_store import MetricStore
-from iou_maps.models import (
+from iou_maps.exports.prediction import predict_table
+from iou_maps.models.classes import METRICS, NMETRICS, Source
+from iou_maps.models.pipeline import evaluate_storm, storm_chips
+from iou_maps.models.registry import (
     load_regressor_model,
     load_segmentation_model,
     truth_segmentation_dir,
 )
-from iou_maps.pipeline import evaluate_storm, storm_chips
-from iou_maps.precompute import precompute
-from iou_maps.prediction import predict_table
-from iou_maps.regressor import PRESENCE_THRESHOLD, resolve_classes
-from iou_maps.truth import TRUE_NAMESPACE, SegmentationSource, segmentation_id
+from iou_maps.models.regressor import PRESENCE_THRESHOLD, resolve_classes
+from iou_maps.storms.catalog import Catalog, ingest
+from iou_maps.storms.grid import tiles_intersecting
 
 from .conftest import ServedData
 from .test_precompute import cli_env

@@ -13,8 +13,8 @@ import mercantile
 import pytest
 import shapely
 
-from iou_maps.catalog import Catalog
-from iou_maps.classes import CLASSES
+from iou_maps.models.classes import CLASSES
+from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, ServiceProcess, open_popup_at
 
 CHROMIUM = os.environ.get("IOU_MAPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

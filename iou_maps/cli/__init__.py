@@ -1,0 +1,1 @@
+"""The ``iou-maps`` command line (Typer + Rich)."""

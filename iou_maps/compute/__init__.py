@@ -1,0 +1,2 @@
+"""Computing and caching values: the engine, computers, the Redis store, single flight, fill
+runs."""

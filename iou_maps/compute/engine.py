@@ -1,0 +1,348 @@
+"""Metric vectors of analysis tiles: cache → compute once → store.
+
+The one path by which the service, the point lookup and precompute get numbers:
+
+1. tiles outside the storm's coverage are "no imagery" without any read;
+2. the cache is read in bulk (one Redis round trip);
+3. misses (within a budget) are computed once however many requests and processes ask
+   (``SingleFlight``), by a ``Computer``: in this process, or in worker processes;
+4. computed values are stored behind the answer, and counted in Redis for every process;
+5. when Redis is unavailable the values are still computed and returned, uncached.
+
+Far-out zooms read the aggregated levels that precompute writes.
+
+Each source has its ``Channel`` (computer, cache, single flight): ``predicted`` values (the
+regressor) and ``true`` values (the segmentation model against the labels,
+``iou_maps.compute.truth``);
+``error`` values are predicted − true, computed from the two, and their far-out aggregates
+(mean absolute errors) are read from their own key space.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import cast
+
+import mercantile
+import numpy as np
+import redis
+import shapely
+from mercantile import Tile
+
+from iou_maps.compute.computers import Computer, LocalComputer, Predictor, ProcessComputer
+from iou_maps.compute.metric_store import NO_IMAGERY, release
+from iou_maps.compute.single_flight import LOCK_WAIT
+from iou_maps.compute.truth import SegmentationSource, TruthComputer
+from iou_maps.config import Settings
+from iou_maps.errors import ModelNotFound, OutsideStorm
+from iou_maps.layers.sources import NoCache, Sources, difference
+from iou_maps.layers.summary import StormSummary, summarize
+from iou_maps.layers.tile_values import PointValues, TileGrid, Values
+from iou_maps.models.classes import NMETRICS, Source
+from iou_maps.storms.catalog import Catalog, Storm
+from iou_maps.storms.chips import ChipReader
+from iou_maps.storms.grid import analysis_tiles_for, descendants, tile_polygons
+from iou_maps.storms.mosaic import LoadedStorm, OpenScenes, OpenStorms
+
+#: A metric tile at zoom z is drawn as a grid of cells at zoom min(za, z + GRID_LEVELS).
+GRID_LEVELS = 4
+
+
+class MetricEngine:
+    """Metric vectors of the storms of a catalog, from the cache or computed once.
+
+    ``computer``: a ``Computer`` (in this process or in worker processes), or a regressor to
+    run in this process (with ``read_threads`` and batches of ``max_batch``). ``truth``: the
+    computer of the true metrics (``iou_maps.compute.truth``), or the segmentation model to
+    run in this process; None: no true or error layers (``truth_missing`` says why).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        computer: Computer | Predictor,
+        client: redis.Redis | None,
+        analysis_zoom: int,
+        budget: int = 64,
+        read_threads: int = 4,
+        max_batch: int = 64,
+        lock_wait: float = LOCK_WAIT,
+        truth: Computer | SegmentationSource | None = None,
+        truth_missing: str = "this engine has no segmentation model for true metrics",
+    ) -> None:
+        self.catalog = catalog
+        self.storms = OpenStorms(catalog)
+        if not isinstance(computer, LocalComputer | ProcessComputer):  # a regressor: run it here
+            computer = LocalComputer(cast(Predictor, computer), self.storms,
+                                     ChipReader(read_threads), max_batch)  # fmt: skip
+        self.computer: Computer = computer
+        self.analysis_zoom = analysis_zoom
+        self.budget = budget
+        truth_computer: Computer | None = (
+            TruthComputer(truth, self.storms, read_threads)
+            if isinstance(truth, SegmentationSource)
+            else truth
+        )
+        self.client = client
+        self.sources = Sources(self.computer, truth_computer, client, lock_wait, truth_missing)
+        self.store = self.sources.predicted.store
+        self.cache = self.sources.predicted.cache
+        self.flight = self.sources.predicted.flight
+        self._geom_lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        """The regressor's model id (part of every cache key)."""
+        return self.computer.model_id
+
+    @property
+    def scenes(self) -> OpenScenes:
+        """Open scene files shared by every read of this engine (and the service's imagery)."""
+        return self.storms.scenes
+
+    @property
+    def cache_ok(self) -> bool:
+        """Whether the last Redis command succeeded (False without Redis)."""
+        return self.cache is not None and self.cache.ok
+
+    @property
+    def model_calls(self) -> int:
+        """Model calls this process made for its requests."""
+        return self.flight.model_calls
+
+    @property
+    def tiles_computed(self) -> int:
+        """Tiles this process computed for its requests."""
+        return self.flight.tiles_computed
+
+    def local(self) -> LocalComputer:
+        """The in-process computer (precompute's pipeline drives it directly)."""
+        if not isinstance(self.computer, LocalComputer):
+            raise TypeError("this engine computes in worker processes, not in this one")
+        return self.computer
+
+    def local_computer(self, source: Source) -> LocalComputer | TruthComputer:
+        """The in-process computer of predicted or true values (for precompute's ``fill``)."""
+        if source is Source.predicted:
+            return self.local()
+        computer = self.sources.channel(source).computer
+        if not isinstance(computer, TruthComputer):
+            raise TypeError("this engine computes true values in worker processes")
+        return computer
+
+    def close(self) -> None:
+        """Store what was computed, stop the computers, close the scene files and let go of
+        Redis (an embedded server stops unless another process uses it)."""
+        self.sources.close()
+        self.storms.close()
+        release(self.client)
+
+    def flush(self) -> None:
+        """Wait until every computed value is stored (or has failed)."""
+        self.sources.flush()
+
+    # ------------------------------------------------------------------ storms
+
+    def storm(self, storm_name: str) -> LoadedStorm:
+        """The storm and its mosaic backend, reloaded when its catalog file changes."""
+        return self.storms.get(storm_name)
+
+    def check_source(self, storm_name: str, source: Source) -> LoadedStorm:
+        """The storm, if it has ``source`` values (``Sources.check``)."""
+        loaded = self.storm(storm_name)
+        self.sources.check(loaded.storm, source)
+        return loaded
+
+    def covered(
+        self, storm: Storm, tiles: Sequence[Tile], area: shapely.Geometry | None = None
+    ) -> np.ndarray:
+        """Which tiles meet ``area`` (default: the storm's coverage), exact and vectorised."""
+        if not tiles:
+            return np.zeros(0, bool)
+        boxes = tile_polygons(list(tiles))
+        cov = storm.coverage if area is None else area
+        if cov.is_empty:
+            return np.zeros(len(tiles), bool)
+        # GEOS prepared geometries build their indexes lazily and are not thread-safe:
+        # concurrent requests sharing a storm's coverage crashed the server without this.
+        with self._geom_lock:
+            shapely.prepare(cov)
+            return shapely.intersects(cov, boxes) & ~shapely.touches(cov, boxes)
+
+    # ------------------------------------------------------------------ queries
+
+    def analysis_values(
+        self,
+        storm_name: str,
+        tiles: Sequence[Tile],
+        budget: int | None = None,
+        source: Source = Source.predicted,
+    ) -> Values:
+        """Entries of analysis tiles: cached, else computed within ``budget`` tiles."""
+        loaded = self.check_source(storm_name, source)
+        budget = self.budget if budget is None else budget
+        if source is Source.error:
+            return self._error_values(storm_name, tiles, budget)
+        channel = self.sources.channel(source)
+        out = Values()
+        inside = self.covered(loaded.storm, tiles, Sources.area(loaded.storm, source))
+        candidates = [t for t, ok in zip(tiles, inside, strict=True) if ok]
+        out.entries.update((t, NO_IMAGERY) for t, ok in zip(tiles, inside, strict=True) if not ok)
+        cache = channel.cache
+        stores_seen = cache.stores if cache is not None else None
+        cached = cache.get_many(storm_name, candidates) if cache is not None else {}
+        out.entries.update(cached)
+        out.cached = len(cached)
+        misses = [t for t in candidates if t not in cached]
+        to_compute, out.missing = misses[:budget], misses[budget:]
+        if to_compute:
+            computed, ready = channel.flight.entries(storm_name, to_compute, stores_seen)
+            out.entries.update(computed)
+            out.cached += ready
+            out.computed = len(computed) - ready
+        out.cache_ok = cache is not None and cache.ok
+        return out
+
+    def _error_values(self, storm_name: str, tiles: Sequence[Tile], budget: int) -> Values:
+        """predicted − true of analysis tiles, where both exist (true first: only labelled
+        tiles need a prediction). Counts are of values: a tile may cost two."""
+        true = self.analysis_values(storm_name, tiles, budget, Source.true)
+        want = [t for t in tiles if (e := true.entries.get(t)) is not None and e.has_imagery]
+        pred = self.analysis_values(
+            storm_name, want, max(0, budget - true.computed), Source.predicted
+        )
+        missing = set(true.missing) | set(pred.missing)
+        out = Values(
+            cached=true.cached + pred.cached,
+            computed=true.computed + pred.computed,
+            missing=[t for t in tiles if t in missing],
+            cache_ok=true.cache_ok and pred.cache_ok,
+        )
+        for t in tiles:
+            te, pe = true.entries.get(t), pred.entries.get(t)
+            if t in missing or te is None:
+                continue
+            if not te.has_imagery or pe is None or not pe.has_imagery:
+                out.entries[t] = NO_IMAGERY
+            else:
+                out.entries[t] = difference(pe, te)
+        return out
+
+    def tile_grid(
+        self,
+        storm_name: str,
+        tile: Tile,
+        budget: int | None = None,
+        source: Source = Source.predicted,
+    ) -> TileGrid:
+        """The cells of metric tile ``tile``: analysis tiles, or aggregates at far-out zooms
+        (for ``error``: the mean absolute error of the analysis tiles under a cell)."""
+        za = self.analysis_zoom
+        level = min(za, tile.z + GRID_LEVELS)
+        if level == za:
+            cells = analysis_tiles_for(tile, za)
+            vals = self.analysis_values(storm_name, cells, budget, source)
+            entries, missing = vals.entries, len(vals.missing)
+            cached, computed = vals.cached, vals.computed
+            cache_ok = vals.cache_ok
+        else:
+            self.check_source(storm_name, source)
+            cells = descendants(tile, level)
+            storm = self.storm(storm_name).storm
+            entries, missing = self.sources.far_cells(
+                storm, cells, source, self.analysis_zoom,
+                lambda ts, area: self.covered(storm, ts, area),
+            )  # fmt: skip
+            cached, computed = len(entries), 0
+            cache_ok = self.cache_ok
+        n = int(math.isqrt(len(cells)))
+        values = np.full((n, n, NMETRICS), np.nan, np.float32)
+        has = np.zeros((n, n), bool)
+        x0, y0 = cells[0].x, cells[0].y
+        for t in cells:
+            e = entries.get(t)
+            if e is not None and e.values is not None:
+                values[t.y - y0, t.x - x0] = e.values
+                has[t.y - y0, t.x - x0] = True
+        return TileGrid(tile, level, values, has, missing, cached, computed, cache_ok, source)
+
+    def summary(self, storm_name: str) -> StormSummary:
+        """What the cache knows about a storm (``iou_maps.layers.summary``; nothing is computed)."""
+        storm = self.storm(storm_name).storm
+        truth = self.sources.truth
+        true = (truth.cache or NoCache()) if truth is not None else None
+        return summarize(
+            storm, self.analysis_zoom, self.cache or NoCache(), self.model_id, true,
+            self.sources.truth_id,
+        )  # fmt: skip
+
+    def point_tile(self, storm_name: str, lon: float, lat: float) -> Tile:
+        """The analysis tile at a coordinate; OutsideStorm outside the storm's scenes."""
+        storm = self.storm(storm_name).storm
+        with self._geom_lock:
+            inside = bool(shapely.intersects(storm.coverage, shapely.Point(lon, lat)))
+        if not inside:
+            raise OutsideStorm(f"({lon}, {lat}) is outside every scene of storm {storm_name!r}")
+        return mercantile.tile(lon, lat, self.analysis_zoom)
+
+    def point_values(self, storm_name: str, lon: float, lat: float, budget: int = 1) -> PointValues:
+        """Predicted and (where labelled, with a segmentation model) true values of the
+        analysis tile at a coordinate, each computed within ``budget`` if not cached;
+        OutsideStorm outside the storm's imagery."""
+        tile = self.point_tile(storm_name, lon, lat)
+        pred = self.analysis_values(storm_name, [tile], budget=budget)
+        entry = pred.entries.get(tile)
+        if entry is not None and not entry.has_imagery:
+            raise OutsideStorm(f"no imagery of storm {storm_name!r} at ({lon}, {lat})")
+        storm = self.storm(storm_name).storm
+        labelled = self.sources.truth is not None and bool(
+            self.covered(storm, [tile], storm.label_coverage)[0]
+        )
+        out = PointValues(tile, entry, None, labelled, pred.cached == 1, len(pred.missing))
+        if labelled:
+            true = self.analysis_values(storm_name, [tile], budget, Source.true)
+            got = true.entries.get(tile)
+            out.true = got if got is not None and got.has_imagery else None
+            out.cached = out.cached and true.cached == 1
+            out.missing += len(true.missing)
+        return out
+
+
+def open_engine(
+    settings: Settings, *, budget: int | None = None, processes: int = 0
+) -> MetricEngine:
+    """The engine for ``settings``: its catalog, its model's regressor and segmentation model
+    (for true metrics; loaded when first needed), its Redis.
+
+    ``processes`` > 0: the models run in that many worker processes (``ProcessComputer``),
+    and this process never imports TensorFlow."""
+    from iou_maps.compute.metric_store import connect
+    from iou_maps.models.registry import (
+        load_regressor_model,
+        regressor_metadata,
+        truth_segmentation_dir,
+    )
+
+    computer: Computer | Predictor
+    truth: Computer | SegmentationSource | None = None
+    truth_missing = ""
+    try:
+        segmentation = SegmentationSource(truth_segmentation_dir(settings.data_dir, settings.model))
+    except ModelNotFound as exc:
+        segmentation, truth_missing = None, str(exc)
+    if processes > 0:
+        computer = ProcessComputer(settings.data_dir, settings.model, processes)
+        computer.start()
+        zoom = int(regressor_metadata(settings.data_dir, settings.model)["analysis_zoom"])
+        if segmentation is not None:
+            truth = computer.truth(segmentation.model_id)
+    else:
+        regressor = load_regressor_model(settings.data_dir, settings.model)
+        computer, zoom = regressor, regressor.analysis_zoom
+        truth = segmentation
+    client = connect(settings.redis_url, settings.data_dir)
+    budget = settings.compute_budget if budget is None else budget
+    return MetricEngine(Catalog(settings.data_dir), computer, client, zoom, budget, truth=truth,
+                        truth_missing=truth_missing)  # fmt: skip

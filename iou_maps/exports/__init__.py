@@ -1,0 +1,1 @@
+"""Exports: a storm's maps as PMTiles, MBTiles, COG, STAC and tables."""

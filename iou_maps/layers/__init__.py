@@ -1,0 +1,1 @@
+"""Layers: what a metric map shows (predicted, true, error values), rendered and summarised."""

@@ -1,0 +1,1 @@
+"""Models: the segmentation model, the metric regressor, metrics and classes, where models live."""

@@ -1,0 +1,196 @@
+"""The model pipeline behind the maps, as reusable steps (CLI, demo and benchmarks share them).
+
+segmentation model → ground-truth metrics on labelled tiles → metric regressor → predictions.
+Each step takes a ``Progress`` factory so callers choose how to show long work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+from mercantile import Tile
+
+from iou_maps.models.classes import METRICS
+from iou_maps.models.evaluation import (
+    ChipSet,
+    evaluate_chips,
+    example_figure,
+    read_chips,
+    scene_summary,
+)
+from iou_maps.storms.catalog import Catalog, Storm
+from iou_maps.storms.grid import tiles_intersecting
+
+#: progress(description, total) → advance(n): how a step reports long work.
+Progress = Callable[[str, int | None], Callable[[int], None]]
+
+
+def no_progress(_description: str, _total: int | None) -> Callable[[int], None]:
+    """A Progress factory that draws nothing."""
+    return lambda _n: None
+
+
+def storm_chips(
+    storm: Storm,
+    zoom: int,
+    *,
+    labelled: bool = True,
+    tiles: Sequence[Tile] | None = None,
+    progress: Progress = no_progress,
+) -> ChipSet:
+    """Analysis-tile chips of a storm, reporting each tile read."""
+    tiles = list(tiles) if tiles is not None else tiles_intersecting(storm.coverage, zoom)
+    advance = progress(f"read {storm.name}", len(tiles))
+    return read_chips(storm, zoom, labelled=labelled, tiles=tiles, progress=advance)
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def train_segmentation_on(
+    storms: Sequence[Storm],
+    zoom: int,
+    *,
+    config: dict[str, Any] | Path | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: Progress = no_progress,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+):
+    """Train a segmentation model on the storms' labelled analysis tiles."""
+    import keras
+
+    from iou_maps.models.segmentation import SegmentationConfig, demo_config, train_segmentation
+
+    if isinstance(config, Path):
+        cfg = SegmentationConfig.from_json(config)
+    else:
+        cfg = SegmentationConfig.from_dict(config or demo_config())
+    chip_sets = [storm_chips(s, zoom, progress=progress) for s in storms]
+    images = np.concatenate([c.images for c in chip_sets])
+    labels = np.concatenate([c.labels for c in chip_sets if c.labels is not None])
+    if not len(images):
+        raise ValueError("no labelled analysis tiles in those storms")
+    n_epochs = epochs or int(cfg.raw.get("MAX_EPOCHS", 10))
+    advance = progress(f"train {cfg.model} on {len(images)} chips", n_epochs)
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            advance(1)
+            if on_epoch:
+                on_epoch(logs or {})
+
+    return train_segmentation(
+        images, labels, cfg, epochs=n_epochs, seed=seed, callbacks=[EpochEnd()]
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Evaluation:
+    """An ``evaluate`` result: the per-tile table, the chips and the predicted class maps."""
+
+    table: gpd.GeoDataFrame
+    chips: ChipSet
+    predictions: np.ndarray
+
+    def write(self, out: Path) -> list[Path]:
+        """Table (GeoParquet), per-scene summary (CSV) and example figure (PNG)."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.part")
+        self.table.to_parquet(tmp, index=False)
+        tmp.replace(out)
+        summary = out.with_name(f"{out.stem}_scenes.csv")
+        scene_summary(self.table).to_csv(summary, index=False)
+        figure = out.with_name(f"{out.stem}_examples.png")
+        example_figure(self.chips, self.predictions, self.table, figure)
+        return [out, summary, figure]
+
+
+def evaluate_storm(storm: Storm, seg, zoom: int, *, progress: Progress = no_progress) -> Evaluation:
+    """True metrics of ``seg`` on every labelled analysis tile of ``storm``."""
+    chips = storm_chips(storm, zoom, progress=progress)
+    if not len(chips):
+        raise ValueError(f"storm {storm.name!r} has no labelled analysis tiles")
+    table = evaluate_chips(chips, seg.predict)
+    preds = table.attrs.pop("predictions")
+    return Evaluation(table, chips, preds)
+
+
+# --------------------------------------------------------------------------- regressor
+
+
+@dataclass
+class TrainingSet:
+    """The regressor's training data: chips, target metric vectors, the scenes of each tile,
+    and where they came from."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    scene_sets: list[frozenset[str]]
+    sources: list[dict[str, Any]]
+
+
+def regressor_training_set(
+    catalog: Catalog, tables: Sequence[gpd.GeoDataFrame | Path], *, progress: Progress = no_progress
+) -> TrainingSet:
+    """Chips and target vectors for the tiles of `evaluate` tables (re-read from the storms)."""
+    images: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    scene_sets: list[frozenset[str]] = []
+    sources: list[dict[str, Any]] = []
+    for src in tables:
+        table = gpd.read_parquet(src) if isinstance(src, Path) else src
+        for storm_name, part in table.groupby("storm"):
+            storm = catalog.storm(str(storm_name))
+            tiles = [Tile(int(r.x), int(r.y), int(r.z)) for r in part.itertuples()]
+            chips = storm_chips(storm, tiles[0].z, labelled=False, tiles=tiles, progress=progress)
+            index = {t: i for i, t in enumerate(chips.tiles)}
+            rows = [i for i, t in enumerate(tiles) if t in index]
+            images.append(chips.images[[index[tiles[i]] for i in rows]])
+            targets.append(part[list(METRICS)].to_numpy(np.float32)[rows])
+            scene_sets.extend(
+                frozenset(f"{storm_name}/{x}" for x in str(v).split(",") if x)
+                for v in part["scenes"].iloc[rows]
+            )
+            sources.append(
+                {"table": str(src) if isinstance(src, Path) else "", "storm": str(storm_name),
+                 "tiles": len(rows)}
+            )  # fmt: skip
+    if not images:
+        raise ValueError("the tables hold no tiles")
+    return TrainingSet(np.concatenate(images), np.concatenate(targets), scene_sets, sources)
+
+
+def regressor_metadata(
+    seg_name: str, seg, zoom: int, data: TrainingSet, report: dict[str, Any]
+) -> dict[str, Any]:
+    """What `metadata.json` records besides the names and the model id."""
+    return {
+        "segmentation": seg_name,
+        "input_size": list(seg.cfg.target_size),
+        "analysis_zoom": zoom,
+        "preprocessing": "antialiased bilinear resize of the 256x256 RGB chip to input_size "
+        "(through uint8), then segmentation_gym's per-image standardisation "
+        "(x - mean) / max(std, 1/sqrt(H*W)), as the segmentation model's own prediction",
+        "training_data": data.sources,
+        "validation": {
+            k: report[k]
+            for k in (
+                "train_tiles",
+                "val_tiles",
+                "val_scenes",
+                "heads",
+                "epochs_run",
+                "best_val_loss",
+            )
+        },
+        "validation_scores": report["scores"],
+    }
