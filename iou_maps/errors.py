@@ -83,3 +83,19 @@ class StacError(IoUMapsError, RuntimeError):
 
 class OffGrid(IoUMapsError):
     """A tile that is not on its scenes' pixel grid: read it with ``mosaic.read_tile``."""
+
+
+# --------------------------------------------------------------------------- storms (bad input)
+
+
+class SourceSceneError(IoUMapsError, ValueError):
+    """A source file that ingest cannot make a scene of (not 8-bit RGB, not georeferenced,
+    corners off the globe, a label of another size, no valid pixels); the message says why."""
+
+
+class SyntheticStormError(IoUMapsError, ValueError):
+    """Options a synthetic storm cannot be generated with (format, scenes, size, gsd)."""
+
+
+class InvalidTile(IoUMapsError, ValueError):
+    """A tile address with a coordinate out of range; the message names it."""

@@ -14,6 +14,8 @@ import shapely
 from mercantile import Tile
 from shapely.geometry.base import BaseGeometry
 
+from iou_maps.errors import InvalidTile
+
 #: Default analysis zoom: a 256 px tile at z18 is ~125 m across, ~0.49 m/px on the Outer Banks,
 #: close to the 0.3–0.5 m ground sampling of NOAA's post-storm imagery.
 DEFAULT_ANALYSIS_ZOOM = 18
@@ -33,14 +35,14 @@ __all__ = [
 
 
 def validate_tile(z: int, x: int, y: int, max_zoom: int = MAX_ZOOM) -> Tile:
-    """The tile ``z/x/y`` or ValueError saying which coordinate is out of range."""
+    """The tile ``z/x/y``, or InvalidTile (a ValueError) saying which coordinate is out of range."""
     if not 0 <= z <= max_zoom:
-        raise ValueError(f"zoom {z} out of range 0..{max_zoom}")
+        raise InvalidTile(f"zoom {z} out of range 0..{max_zoom}")
     limit = 2**z - 1
     if not 0 <= x <= limit:
-        raise ValueError(f"x {x} out of range 0..{limit} at zoom {z}")
+        raise InvalidTile(f"x {x} out of range 0..{limit} at zoom {z}")
     if not 0 <= y <= limit:
-        raise ValueError(f"y {y} out of range 0..{limit} at zoom {z}")
+        raise InvalidTile(f"y {y} out of range 0..{limit} at zoom {z}")
     return Tile(x, y, z)
 
 
