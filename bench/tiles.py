@@ -52,8 +52,8 @@ def make_data(data_dir: Path, scenes: int, seed: int) -> None:
     from _common import save_demo_size_regressor
 
     from iou_maps.models.registry import regressor_dir
-    from iou_maps.storms.catalog import ingest
-    from iou_maps.storms.synthetic import generate_storm
+    from iou_maps.storms.ingest import ingest
+    from iou_maps.storms.synthetic.generate import generate_storm
 
     source = data_dir.parent / "source"
     shutil.rmtree(source, ignore_errors=True)

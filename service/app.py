@@ -33,7 +33,8 @@ from iou_maps.compute.tile_cache import TileCache, connect_tile_cache
 from iou_maps.config import Settings
 from iou_maps.models import runtime
 from iou_maps.models.classes import METRICS, Source
-from iou_maps.storms.mosaic import SceneReader, StormBackend
+from iou_maps.storms.mosaic import StormBackend
+from iou_maps.storms.scenes import SceneReader
 from service import openapi
 from service.admission import ComputeQueue
 from service.dependencies import (

@@ -119,8 +119,8 @@ def make_served_data(root: Path, scenes: int = 4, size: int = 512, seed: int = 3
     from iou_maps.models.registry import regressor_dir, segmentation_dir
     from iou_maps.models.regressor import build_regressor, save_regressor
     from iou_maps.models.segmentation import save_segmentation
-    from iou_maps.storms.catalog import ingest
-    from iou_maps.storms.synthetic import generate_storm
+    from iou_maps.storms.ingest import ingest
+    from iou_maps.storms.synthetic.generate import generate_storm
 
     data = ServedData(root / "data", root / "source")
     generate_storm(ServedData.storm, data.source_dir, scenes=scenes, seed=seed, size=size)

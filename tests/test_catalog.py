@@ -17,8 +17,9 @@ from rio_cogeo.cogeo import cog_validate
 from iou_maps.errors import InvalidStormName, StormNotFound
 from iou_maps.models.classes import NODATA_LABEL
 from iou_maps.storms import catalog as catalog_mod
-from iou_maps.storms.catalog import Catalog, ingest, validate_storm_name
-from iou_maps.storms.synthetic import generate_storm
+from iou_maps.storms.catalog import Catalog, validate_storm_name
+from iou_maps.storms.ingest import ingest
+from iou_maps.storms.synthetic.generate import generate_storm
 
 SIZE = 512
 

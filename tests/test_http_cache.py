@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from iou_maps.compute.metric_store import Entry, MetricStore
 from iou_maps.compute.tile_cache import TileCache
-from iou_maps.storms.catalog import Catalog, ingest
+from iou_maps.storms.catalog import Catalog
 from iou_maps.storms.imagery import cached_zooms, imagery_key, precompute_imagery, render_tile
-from iou_maps.storms.mosaic import OpenStorms
+from iou_maps.storms.ingest import ingest
+from iou_maps.storms.open_storms import OpenStorms
 from service.testing import ServiceProcess
 from tests.conftest import RedisProcess, ServedData, tiny_segmentation
 
@@ -228,7 +229,7 @@ def test_etag_changes_with_the_model(service, data, redis_server, tile_redis, ur
 def test_etag_changes_on_reingest(served_data, redis_server, tmp_path, center, zooms):
     """A re-ingest that changes a scene changes every ETag of the storm; one that changes
     nothing keeps them (the version hashes the footprints file's contents)."""
-    from iou_maps.storms.synthetic import generate_storm
+    from iou_maps.storms.synthetic.generate import generate_storm
 
     root = tmp_path / "data"
     shutil.copytree(served_data.data_dir, root, ignore=shutil.ignore_patterns("redis"))

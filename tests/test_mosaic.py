@@ -16,15 +16,9 @@ from rio_tiler.io import Reader
 
 from iou_maps.errors import OffGrid, SceneReadError
 from iou_maps.storms.catalog import Catalog
-from iou_maps.storms.mosaic import (
-    OpenScenes,
-    SceneReader,
-    StormBackend,
-    _grid_mosaic,
-    read_clipped,
-    read_grid_tiles,
-    read_tile,
-)
+from iou_maps.storms.grid_reads import _grid_mosaic, read_grid_tiles
+from iou_maps.storms.mosaic import StormBackend, read_tile
+from iou_maps.storms.scenes import OpenScenes, SceneReader, read_clipped
 
 
 def _tiles_of(storm, zoom: int) -> list[mercantile.Tile]:

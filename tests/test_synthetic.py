@@ -16,7 +16,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 
 from iou_maps.models.classes import NCLASSES, NODATA_LABEL
-from iou_maps.storms.synthetic import FORMATS, SyntheticStorm, generate_storm
+from iou_maps.storms.synthetic.generate import FORMATS, SyntheticStorm, generate_storm
 
 SIZE = 512
 GSD = 1.2  # 614 m frames, as wide as the full-size default (1536 px at 0.4 m)

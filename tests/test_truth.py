@@ -31,8 +31,9 @@ from iou_maps.models.registry import (
     truth_segmentation_dir,
 )
 from iou_maps.models.regressor import PRESENCE_THRESHOLD, resolve_classes
-from iou_maps.storms.catalog import Catalog, ingest
+from iou_maps.storms.catalog import Catalog
 from iou_maps.storms.grid import tiles_intersecting
+from iou_maps.storms.ingest import ingest
 
 from .conftest import ServedData
 from .test_precompute import cli_env

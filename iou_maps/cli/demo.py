@@ -13,7 +13,8 @@ from pathlib import Path
 from iou_maps.errors import RegressorError
 from iou_maps.models.pipeline import Progress, evaluate_storm, no_progress
 from iou_maps.models.registry import regressor_dir, segmentation_dir
-from iou_maps.storms.catalog import Catalog, Storm, ingest
+from iou_maps.storms.catalog import Catalog, Storm
+from iou_maps.storms.ingest import ingest
 
 Log = Callable[[str], None]
 
@@ -40,7 +41,7 @@ def ensure_storm(
     progress: Progress = no_progress, log: Log = print,
 ) -> Storm:  # fmt: skip
     """The storm, generated and ingested unless it is already in the catalog."""
-    from iou_maps.storms.synthetic import generate_storm
+    from iou_maps.storms.synthetic.generate import generate_storm
 
     catalog = Catalog(data_dir)
     if name in catalog.names():

@@ -40,7 +40,8 @@ from iou_maps.errors import (
 )
 from iou_maps.models import runtime
 from iou_maps.models.classes import METRICS, Source
-from iou_maps.storms.catalog import Catalog, ingest, validate_storm_name
+from iou_maps.storms.catalog import Catalog, validate_storm_name
+from iou_maps.storms.ingest import ingest
 
 app = typer.Typer(
     help="IoU Maps: where a segmentation model of post-storm imagery can be trusted.",
@@ -172,7 +173,7 @@ def synth(
     tar: Annotated[bool, typer.Option("--tar", help="Pack each flight into a .tar.")] = False,
 ) -> None:
     """Generate a synthetic NOAA-like post-hurricane storm (scenes + label rasters)."""
-    from iou_maps.storms.synthetic import FORMATS, generate_storm
+    from iou_maps.storms.synthetic.generate import FORMATS, generate_storm
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -672,7 +673,7 @@ def _precompute_imagery(
 
     from iou_maps.compute.tile_cache import connect_tile_cache, tile_cache_url
     from iou_maps.storms.imagery import DEFAULT_FORMATS, cached_zooms, precompute_imagery
-    from iou_maps.storms.mosaic import OpenStorms
+    from iou_maps.storms.open_storms import OpenStorms
 
     cache = connect_tile_cache(s)
     if cache is None or not cache.ping():

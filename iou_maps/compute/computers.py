@@ -27,7 +27,8 @@ from mercantile import Tile
 from iou_maps.compute.metric_store import NO_IMAGERY, Entry, stored
 from iou_maps.errors import ImageryReadError
 from iou_maps.storms.chips import ChipRead, ChipReader
-from iou_maps.storms.mosaic import OpenStorms, StormBackend
+from iou_maps.storms.mosaic import StormBackend
+from iou_maps.storms.open_storms import OpenStorms
 
 #: How much lower than the API process the inference processes run (``os.nice``).
 INFERENCE_NICENESS = 10

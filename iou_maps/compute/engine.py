@@ -44,7 +44,8 @@ from iou_maps.models.classes import NMETRICS, Source
 from iou_maps.storms.catalog import Catalog, Storm
 from iou_maps.storms.chips import ChipReader
 from iou_maps.storms.grid import analysis_tiles_for, descendants, tile_polygons
-from iou_maps.storms.mosaic import LoadedStorm, OpenScenes, OpenStorms
+from iou_maps.storms.open_storms import LoadedStorm, OpenStorms
+from iou_maps.storms.scenes import OpenScenes
 
 #: A metric tile at zoom z is drawn as a grid of cells at zoom min(za, z + GRID_LEVELS).
 GRID_LEVELS = 4

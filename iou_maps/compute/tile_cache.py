@@ -49,6 +49,8 @@ KEY_PREFIX = "iou-tile"
 RENDERING_MODULES = (
     "iou_maps.layers.render",
     "iou_maps.storms.mosaic",
+    "iou_maps.storms.scenes",
+    "iou_maps.storms.grid_reads",
     "iou_maps.storms.imagery",
     "iou_maps.compute.metric_store",
     "iou_maps.compute.engine",

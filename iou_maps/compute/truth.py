@@ -32,7 +32,8 @@ from iou_maps.compute.computers import Computed, compute_reads
 from iou_maps.errors import NoLabels
 from iou_maps.models.evaluation import MIN_LABELLED_FRACTION, read_chip, true_metrics
 from iou_maps.storms.chips import ChipRead, read_error
-from iou_maps.storms.mosaic import OpenStorms, StormBackend
+from iou_maps.storms.mosaic import StormBackend
+from iou_maps.storms.open_storms import OpenStorms
 
 #: Key space of the true metrics (keyed by the segmentation model's id).
 TRUE_NAMESPACE = "iou-true"

@@ -23,7 +23,8 @@ from iou_maps.models.classes import CLASS_COLORS, CLASSES, METRICS, NODATA_LABEL
 from iou_maps.models.metrics import class_fractions, metric_vectors
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.grid import tile_polygons, tiles_intersecting
-from iou_maps.storms.mosaic import StormBackend, pixel_interleaved, read_label_tile, read_tile
+from iou_maps.storms.grid_reads import pixel_interleaved
+from iou_maps.storms.mosaic import StormBackend, read_label_tile, read_tile
 
 #: Tiles with less labelled imagery than this are left out of evaluation and training.
 MIN_LABELLED_FRACTION = 0.25

@@ -19,7 +19,8 @@ import numpy as np
 from mercantile import Tile
 
 from iou_maps.errors import ImageryReadError, OffGrid, SceneReadError
-from iou_maps.storms.mosaic import StormBackend, pixel_interleaved, read_grid_tiles, read_tile
+from iou_maps.storms.grid_reads import pixel_interleaved, read_grid_tiles
+from iou_maps.storms.mosaic import StormBackend, read_tile
 
 #: An analysis tile with less valid imagery than this is treated as "no imagery".
 MIN_VALID_FRACTION = 0.02

@@ -23,7 +23,8 @@ from titiler.core.utils import render_image
 from titiler.mosaic.factory import MOSAIC_THREADS
 
 from iou_maps.compute.tile_cache import CachedTile, TileCache, tile_key
-from iou_maps.storms.mosaic import FirstFill, LoadedStorm
+from iou_maps.storms.mosaic import FirstFill
+from iou_maps.storms.open_storms import LoadedStorm
 
 #: The tile matrix set of the imagery endpoints (and of the analysis grid).
 TMS = "WebMercatorQuad"
