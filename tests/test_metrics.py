@@ -11,7 +11,7 @@ from iou_maps.models.metrics import class_fractions, confusion_matrices, metric_
 
 
 def sklearn_vector(label: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """The DESIGN.md definition computed with scikit-learn on one chip."""
+    """The definition of iou_maps.models.metrics computed with scikit-learn on one chip."""
     valid = label != NODATA_LABEL
     y, p = label[valid].ravel(), pred[valid].ravel()
     out = np.full(6, np.nan)

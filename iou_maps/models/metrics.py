@@ -1,6 +1,6 @@
 """Segmentation metrics from confusion matrices: per-class IoU, mIoU and Dice, batched.
 
-One definition used by evaluation, regressor targets and the API (see DESIGN.md):
+One definition used by evaluation, regressor targets and the API (see docs/metrics.md):
 - a class absent from both the label and the prediction of a chip has an undefined IoU (NaN)
   and is left out of ``miou`` and ``dice`` (neither 1 nor 0);
 - pixels whose label is the nodata value are excluded;

@@ -7,7 +7,7 @@ Dice) that the segmentation model would score against a label there. Two kinds:
   softmax over the tile's imagery, heads that predict per-class IoU, missed classes and Dice.
 - ``encoder`` (the design the project started from): the UNet's encoder alone, cut at its
   bottleneck, its feature maps pooled, heads that predict the six metrics. About 20x cheaper
-  per chip and less accurate (README, bench/regressor_accuracy.py).
+  per chip and less accurate (docs/inference-speed.md, bench/regressor_accuracy.py).
 
 On disk::
 

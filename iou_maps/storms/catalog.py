@@ -1,6 +1,6 @@
-"""Storms on disk: their names, folders and footprints index (see DESIGN.md).
+"""Storms on disk: their names, folders and footprints index.
 
-Layout under the data directory::
+Layout under the data directory (see docs/configuration.md)::
 
     storms/<storm>/scenes/<scene_id>.tif     Cloud-Optimized GeoTIFF, RGB uint8, nodata 0
     storms/<storm>/labels/<scene_id>.tif     COG, class ids, nodata 255 (optional)
