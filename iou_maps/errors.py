@@ -83,3 +83,18 @@ class StacError(IoUMapsError, RuntimeError):
 
 class OffGrid(IoUMapsError):
     """A tile that is not on its scenes' pixel grid: read it with ``mosaic.read_tile``."""
+
+
+# Layers
+
+
+class UnknownLayer(IoUMapsError, ValueError):
+    """A layer (``source``) name that no layer has."""
+
+
+class BadBBox(IoUMapsError, ValueError):
+    """A bounding box that is not W,S,E,N with W < E and S < N."""
+
+
+class LayerNotFillable(IoUMapsError, ValueError):
+    """A layer precompute cannot fill by itself (a derived one: it comes with its input)."""
