@@ -81,11 +81,11 @@ def main() -> None:
         target = out / "big-miou.pmtiles"
         first = export_metric_archive(engine, layer, target, ArchiveFormat.pmtiles)
         log(f"first export: {first.tiles} tiles, aggregates written "
-            f"{first.fill.aggregates_written}, model calls {first.fill.model_calls}")  # fmt: skip
+            f"{first.fill.all_aggregated}, model calls {first.fill.model_calls}")  # fmt: skip
         rates = []
         for run in range(a.runs):
             s = export_metric_archive(engine, layer, target, ArchiveFormat.pmtiles)
-            assert s.fill.model_calls == 0 and s.fill.aggregates_written == 0
+            assert s.fill.model_calls == 0 and s.fill.all_aggregated == 0
             rates.append(s.tiles_per_second)
             log(f"run {run + 1}: {s.tiles} tiles in {s.seconds:.2f} s = "
                 f"{s.tiles_per_second:.0f} tiles/s")  # fmt: skip

@@ -99,3 +99,18 @@ class SyntheticStormError(IoUMapsError, ValueError):
 
 class InvalidTile(IoUMapsError, ValueError):
     """A tile address with a coordinate out of range; the message names it."""
+
+
+# Layers
+
+
+class UnknownLayer(IoUMapsError, ValueError):
+    """A layer (``source``) name that no layer has."""
+
+
+class BadBBox(IoUMapsError, ValueError):
+    """A bounding box that is not W,S,E,N with W < E and S < N."""
+
+
+class LayerNotFillable(IoUMapsError, ValueError):
+    """A layer precompute cannot fill by itself (a derived one: it comes with its input)."""

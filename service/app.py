@@ -31,8 +31,9 @@ from iou_maps.compute.engine import MetricEngine, open_engine
 from iou_maps.compute.metric_store import release
 from iou_maps.compute.tile_cache import TileCache, connect_tile_cache
 from iou_maps.config import Settings
+from iou_maps.layers.registry import Source
 from iou_maps.models import runtime
-from iou_maps.models.classes import METRICS, Source
+from iou_maps.models.classes import METRICS
 from iou_maps.storms.mosaic import StormBackend
 from iou_maps.storms.scenes import SceneReader
 from service import openapi

@@ -23,7 +23,8 @@ from rio_tiler.types import ColorMapType, RIOResampling
 from titiler.core.dependencies import DefaultDependency
 
 from iou_maps.compute.engine import MetricEngine
-from iou_maps.models.classes import METRICS, Source
+from iou_maps.layers.registry import Source
+from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import STORM_NAME_RE, Storm
 from iou_maps.storms.grid import MAX_ZOOM, validate_tile
 from iou_maps.storms.mosaic import FirstFill

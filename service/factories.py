@@ -37,6 +37,9 @@ from titiler.mosaic.extensions.wmts import wmtsExtension
 from titiler.mosaic.factory import MosaicTilerFactory
 
 from iou_maps.compute.engine import GRID_LEVELS, MetricEngine
+from iou_maps.layers.base import SEGMENTATION
+from iou_maps.layers.error import difference
+from iou_maps.layers.registry import Source
 from iou_maps.layers.render import (
     WEB_MERCATOR,
     MetricFormat,
@@ -45,9 +48,8 @@ from iou_maps.layers.render import (
     encode_metric_tile,
     legend_stops,
 )
-from iou_maps.layers.sources import difference
 from iou_maps.layers.tile_values import TileGrid
-from iou_maps.models.classes import METRICS, Source
+from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.mosaic import metric_zoom_range
 from service.admission import Busy, ComputeQueue
@@ -733,7 +735,7 @@ class StormsFactory(BaseFactory):
                 error=error,
                 labelled=true is not None,
                 model_id=engine.model_id,
-                segmentation_id=engine.sources.truth_id,
+                segmentation_id=engine.sources.ids.get(SEGMENTATION),
                 from_cache=got.cached,
             )
 

@@ -165,7 +165,7 @@ class HttpCaching:
             SERVICE_RENDERER,
             storm.version,
             # The layers' true and error values depend on the segmentation model too.
-            f"{self.engine.model_id}+{self.engine.sources.truth_id or '-'}" if model else "-",
+            self.engine.sources.all_ids if model else "-",
             request.url.path,
             canonical_query(request.query_params.multi_items()),
         ]

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from titiler.core.models.mapbox import TileJSON
 
-from iou_maps.models.classes import METRICS, Source
+from iou_maps.layers.registry import Source
+from iou_maps.models.classes import METRICS
 
 
 class Link(BaseModel):

@@ -184,14 +184,14 @@ def test_true_values_on_the_cluster_are_the_in_process_ones(data, client, redis_
     # precompute --source true on the cluster: the workers load the segmentation model too,
     # and store what this process would (true values, predictions for the error layer, both
     # layers' aggregates).
-    from iou_maps.models.classes import Source
+    from iou_maps.layers.registry import Source
 
     from .test_truth import engine_for as engine_with_truth
 
     r = redis.Redis.from_url(redis_url)
     engine = engine_with_truth(data, r)
     local = precompute(engine, data.storm, source=Source.true, batch_size=8)
-    assert local.failed == 0 and local.computed > local.error_predictions > 0
+    assert local.failed == 0 and local.computed > local.layers["error"].computed > 0
     expected = {ns: snapshot(r, data.storm, ns) for ns in ("iou", "iou-true", "iou-error")}
     assert all(expected.values())
     engine.close()
@@ -201,8 +201,8 @@ def test_true_values_on_the_cluster_are_the_in_process_ones(data, client, redis_
         client, settings_for(data, redis_url), data.storm, source=Source.true, block_levels=2
     )
     assert summary.failed == 0, summary.failures
-    assert (summary.total, summary.computed, summary.error_predictions) == (
-        local.total, local.computed, local.error_predictions,
+    assert (summary.total, summary.computed, summary.layers["error"].computed) == (
+        local.total, local.computed, local.layers["error"].computed,
     )  # fmt: skip
     assert summary.model_id == local.model_id  # the segmentation model's id
     for ns, values in expected.items():

@@ -48,7 +48,7 @@ from iou_maps.exports.export import (
     tiles_at,
 )
 from iou_maps.exports.stac import offline_validation, validate, write_storm_collection
-from iou_maps.models.classes import Source
+from iou_maps.layers.registry import Source
 from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, ServiceProcess
 
@@ -133,7 +133,9 @@ def source_exports(exports, settings, tmp_path_factory) -> dict[str, object]:
             engine, error, out / "alpha-miou-error-256.tif", pixels_per_tile=256
         )
         result["model_ids"] = {s.value: engine.sources.source_id(s) for s in Source}
-        result["warm_model_calls"] = engine.model_calls + engine.sources.truth.flight.model_calls
+        result["warm_model_calls"] = (
+            engine.model_calls + engine.sources.channels["true"].flight.model_calls
+        )
         result["model_process_started"] = engine.computer._pool is not None
     finally:
         engine.close()
@@ -228,7 +230,7 @@ def test_true_and_error_exports_computed_only_the_true_values(exports, source_ex
     out = source_exports["cold_stdout"]
     assert values_computed(out) > 0 and "aggregates written" in out
     assert source_exports["true"].fill.computed == source_exports["true"].fill.model_calls == 0
-    assert source_exports["true"].fill.already_cached == source_exports["true"].fill.analysis_tiles
+    assert source_exports["true"].fill.already_cached == source_exports["true"].fill.total
     assert source_exports["error_cog"].fill.computed == 0
     assert source_exports["warm_model_calls"] == 0
     assert not source_exports["model_process_started"]
@@ -247,7 +249,7 @@ def test_export_from_a_warm_cache_makes_no_model_call(settings, exports, tmp_pat
             tmp_path / "dice.pmtiles", ArchiveFormat.pmtiles,
         )  # fmt: skip
         assert summary.fill.computed == 0 and summary.fill.model_calls == 0
-        assert summary.fill.already_cached == summary.fill.analysis_tiles > 0
+        assert summary.fill.already_cached == summary.fill.total > 0
         assert engine.model_calls == 0 and engine.tiles_computed == 0
         assert engine.computer._pool is None  # no model process was even started
     finally:

@@ -23,7 +23,8 @@ from iou_maps.compute.precompute import precompute
 from iou_maps.compute.truth import TRUE_NAMESPACE, SegmentationSource, segmentation_id
 from iou_maps.errors import NoLabels
 from iou_maps.exports.prediction import predict_table
-from iou_maps.models.classes import METRICS, NMETRICS, Source
+from iou_maps.layers.registry import Source
+from iou_maps.models.classes import METRICS, NMETRICS
 from iou_maps.models.pipeline import evaluate_storm, storm_chips
 from iou_maps.models.registry import (
     load_regressor_model,
@@ -107,8 +108,8 @@ def test_true_values_are_the_evaluate_tables(served_data, table, redis_url) -> N
     assert not list(client.scan_iter(match=f"iou:*:{served_data.storm}:*"))  # nothing predicted
     fresh = engine_for(served_data, client)
     again = fresh.analysis_values(served_data.storm, tiles, source=Source.true)
-    assert again.cached == len(tiles) and again.computed == 0 and fresh.sources.truth is not None
-    assert fresh.sources.truth.flight.model_calls == 0
+    assert again.cached == len(tiles) and again.computed == 0 and "true" in fresh.sources.channels
+    assert fresh.sources.channels["true"].flight.model_calls == 0
     np.testing.assert_allclose(vectors(again.entries, tiles), expected, atol=STEP, equal_nan=True)
     fresh.close()
 
@@ -166,11 +167,11 @@ def test_precompute_true_fills_the_true_and_error_layers(served_data, table, red
     assert (
         summary.total
         == len(labelled)
-        == summary.computed - summary.error_predictions + (summary.no_imagery)
+        == summary.computed - summary.layers["error"].computed + (summary.no_imagery)
     )
     # The error layer needed a prediction for each tile with a true value (none was cached).
-    assert summary.error_predictions == len(table)
-    assert summary.aggregated > 0 and summary.error_aggregated == summary.aggregated
+    assert summary.layers["error"].computed == len(table)
+    assert summary.aggregated > 0 and summary.layers["error"].aggregated == summary.aggregated
     engine.close()
 
     # Every true and error tile of every zoom is then answered from the cache alone.
@@ -201,8 +202,8 @@ def test_precompute_true_fills_the_true_and_error_layers(served_data, table, red
     assert again.computed == 0 and again.already_cached == again.total
     assert (
         fresh.model_calls == 0
-        and fresh.sources.truth is not None
-        and fresh.sources.truth.flight.model_calls == 0
+        and "true" in fresh.sources.channels
+        and fresh.sources.channels["true"].flight.model_calls == 0
     )
     fresh.close()
 
@@ -306,7 +307,10 @@ def test_precompute_cli_source_true(with_bare, redis_url) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     body = json.loads(res.stdout)
     assert body["source"] == "true" and body["failed"] == 0
-    assert body["computed"] > body["error_predictions"] > 0 and body["error_aggregated"] > 0
+    assert (
+        body["computed"] > body["layers"]["error"]["computed"] > 0
+        and body["layers"]["error"]["aggregated"] > 0
+    )
     res = subprocess.run(
         [*cmd, BARE, "--source", "true"], env=env, capture_output=True, text=True, timeout=600
     )

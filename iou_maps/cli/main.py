@@ -38,8 +38,9 @@ from iou_maps.errors import (
     StacError,
     StormNotFound,
 )
+from iou_maps.layers.registry import Source
 from iou_maps.models import runtime
-from iou_maps.models.classes import METRICS, Source
+from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import Catalog, validate_storm_name
 from iou_maps.storms.ingest import ingest
 
@@ -609,7 +610,7 @@ def _precompute_metrics(
 ) -> Any:  # fmt: skip
     """``precompute``'s metric part: the analysis tiles (of ``source``) and their aggregates;
     the summary is printed (unless ``json_out``) and returned."""
-    from iou_maps.models.classes import Source
+    from iou_maps.layers.registry import Source
 
     with progress_bar() as bar:
         task = bar.add_task(f"precompute {storm} {source.value}", total=None, rate="")
@@ -648,8 +649,8 @@ def _precompute_metrics(
         ]  # fmt: skip
         if source is FillSource.true:
             rows += [
-                ("predictions for the error layer", summary.error_predictions),
-                ("error aggregates written", summary.error_aggregated),
+                ("predictions for the error layer", summary.layers["error"].computed),
+                ("error aggregates written", summary.layers["error"].aggregated),
             ]
         rows += [
             ("time", f"{summary.seconds:.1f} s"),
@@ -729,7 +730,7 @@ def demo(
     from iou_maps.cli.demo import DemoPlan, prepare
     from iou_maps.compute.engine import open_engine
     from iou_maps.compute.precompute import precompute
-    from iou_maps.models.classes import Source
+    from iou_maps.layers.registry import Source
 
     s = settings(data_dir)
     plan = DemoPlan(data_dir=s.data_dir, model=s.model, analysis_zoom=s.analysis_zoom)
@@ -948,7 +949,7 @@ def export_cmd(
         ("bytes/tile", f"{summary.bytes / max(summary.tiles, 1):.0f}"),
         ("values computed", summary.fill.computed),
         ("model calls", summary.fill.model_calls),
-        ("aggregates written", summary.fill.aggregates_written),
+        ("aggregates written", summary.fill.all_aggregated),
         ("time", f"{summary.seconds:.1f} s"),
     ):
         table.add_row(name, str(value))

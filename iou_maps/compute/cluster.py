@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,23 +26,16 @@ import mercantile
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
 from mercantile import Tile
 
-from iou_maps.compute.engine import MetricEngine
-from iou_maps.compute.metric_store import MetricStore, connect
-from iou_maps.compute.precompute import (
-    FillCounts,
-    PrecomputeSummary,
-    Progress,
-    aggregate_levels,
-    error_leaves,
-    fill,
-    tiles_of,
-    uncached,
-    with_values,
-)
-from iou_maps.compute.truth import ERROR_NAMESPACE, TRUE_NAMESPACE, SegmentationSource, error_id
+from iou_maps.compute.engine import MetricEngine, as_layer
+from iou_maps.compute.metric_store import connect
+from iou_maps.compute.plan import FillPlan, FillSummary, Progress, precompute_steps
+from iou_maps.compute.precompute import fill
+from iou_maps.compute.truth import segmentation_id
 from iou_maps.config import Settings
-from iou_maps.errors import CacheUnavailable, NoLabels
-from iou_maps.models.classes import Source
+from iou_maps.errors import CacheUnavailable, ModelNotFound, NoLabels
+from iou_maps.layers.base import REGRESSOR, SEGMENTATION, Layer
+from iou_maps.layers.registry import Source, get_layer
+from iou_maps.layers.sources import LayerStores
 from iou_maps.models.registry import regressor_metadata, truth_segmentation_dir
 from iou_maps.storms.catalog import Catalog
 from iou_maps.storms.grid import ancestor
@@ -99,18 +92,19 @@ def fill_block(
     tiles: list[Tile],
     batch_size: int,
     read_threads: int,
-    source: Source = Source.predicted,
-) -> FillCounts:
-    """A Dask task: compute and store the ``source`` entries of ``tiles`` with the worker's
-    engine (its regressor, or its segmentation model for true values)."""
+    source: str = Source.predicted.value,
+) -> FillSummary:
+    """A Dask task: compute and store the values of layer ``source`` of ``tiles`` with the
+    worker's engine (its regressor, or its segmentation model for true values)."""
     engine_plugin = get_worker().plugins[plugin]
     assert isinstance(engine_plugin, EngineOnWorker) and engine_plugin.engine is not None
     engine = engine_plugin.engine
-    store = engine.sources.channel(source).store
+    layer = get_layer(source)
+    store = engine.sources.channel(layer).store
     if store is None:
         raise CacheUnavailable("the worker has no Redis to store values in")
     counts = fill(
-        engine.local_computer(source), engine.storm(storm_name).backend, tiles,
+        engine.local_computer(layer), engine.storm(storm_name).backend, tiles,
         lambda entries: store.set_many(storm_name, entries),
         batch_size=batch_size, workers=read_threads,
     )  # fmt: skip
@@ -149,7 +143,7 @@ def precompute_on_cluster(
     settings: Settings,
     storm_name: str,
     *,
-    source: Source = Source.predicted,
+    source: Source | Layer = Source.predicted,
     bbox: Sequence[float] | None = None,
     refresh: bool = False,
     block_levels: int = BLOCK_LEVELS,
@@ -157,120 +151,82 @@ def precompute_on_cluster(
     read_threads: int = 2,
     min_zoom: int | None = None,
     progress: Progress | None = None,
-) -> PrecomputeSummary:
+) -> FillSummary:
     """``precompute`` on the cluster of ``client``: the same values in the same Redis.
 
     The workers must see the data directory at the same path and reach the same Redis
     (``settings.redis_url``; the embedded Redis only serves workers on this machine).
     """
-    if source is Source.error:
-        raise ValueError("precompute fills predicted or true values (true: the error layer too)")
-    start = time.perf_counter()
-    meta = regressor_metadata(settings.data_dir, settings.model)
-    model_id, zoom = str(meta["model_id"]), int(meta["analysis_zoom"])
-    redis_client = connect(settings.redis_url, settings.data_dir)
-    pred_store = MetricStore(redis_client, model_id)
-    if not pred_store.ping():
-        raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
-    st = Catalog(settings.data_dir).storm(storm_name)
-    store = pred_store
-    if source is Source.true:
-        if not st.has_labels:
-            raise NoLabels(f"storm {storm_name!r} has no label rasters: true metrics need labels")
-        segmentation = SegmentationSource(truth_segmentation_dir(settings.data_dir, settings.model))
-        store = MetricStore(redis_client, segmentation.model_id, TRUE_NAMESPACE)
-    tiles = tiles_of(st, zoom, bbox, source)
-    summary = PrecomputeSummary(
-        storm=storm_name, model_id=store.model_id, source=source.value, total=len(tiles)
-    )
-    todo, summary.already_cached = (
-        (list(tiles), 0) if refresh else uncached(store, storm_name, tiles)
-    )
-    state = _Progress(summary.already_cached, len(tiles), progress)
-    blocks = _Blocks(client, settings, storm_name, block_levels, batch_size, read_threads, state)
-    blocks.run(todo, source, summary)
-    lowest = storm_zoom_range(st)[0] if min_zoom is None else min_zoom
-    summary.aggregated = aggregate_levels(store, storm_name, tiles, zoom, lowest)
-    if source is Source.true:
-        # The error layer needs a prediction wherever there is a true value.
-        need, _ = uncached(pred_store, storm_name, with_values(store, storm_name, tiles))
-        state.total += len(need)
-        more = PrecomputeSummary()
-        blocks.run(need, Source.predicted, more)
-        summary.add(more)
-        summary.error_predictions = more.computed
-        error_store = MetricStore(redis_client, error_id(model_id, store.model_id), ERROR_NAMESPACE)
-        summary.error_aggregated = aggregate_levels(
-            error_store,
-            storm_name,
-            tiles,
-            zoom,
-            lowest,
-            leaves=error_leaves(pred_store, store, storm_name),
+    layer = as_layer(source)
+    steps = precompute_steps(layer)
+    storm = Catalog(settings.data_dir).storm(storm_name)
+    if layer.needs_labels and not storm.has_labels:
+        raise NoLabels(
+            f"storm {storm_name!r} has no label rasters: {layer.name} metrics need labels"
         )
-    state.finish()
-    summary.seconds = time.perf_counter() - start
-    return summary
+    stores = LayerStores(connect(settings.redis_url, settings.data_dir), model_ids(settings))
+    for step in steps:
+        if not step.layer.has_models(stores.ids):
+            raise ModelNotFound(f"{step.layer.name} metrics are unavailable: no model for them")
+    first = stores.store(layer)
+    if first is None or not first.ping():
+        raise CacheUnavailable("Redis is not reachable: precompute has nowhere to store values")
+    zoom = int(regressor_metadata(settings.data_dir, settings.model)["analysis_zoom"])
+    lowest = storm_zoom_range(storm)[0] if min_zoom is None else min_zoom
+    plan = FillPlan(stores, storm, zoom, lowest, steps, bbox=bbox, refresh=refresh)
+    runner = ClusterRunner(client, settings, block_levels, batch_size, read_threads)
+    return plan.run(runner, progress)
 
 
-class _Progress:
-    """Tiles done of a total that may grow, reported to a ``Progress`` callback."""
-
-    def __init__(self, done: int, total: int, callback: Progress | None) -> None:
-        self.done, self.total, self.callback = done, total, callback
-        self.report()
-
-    def report(self) -> None:
-        if self.callback:
-            self.callback(self.done, self.total)
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        self.report()
-
-    def finish(self) -> None:
-        self.done = self.total
-        self.report()
+def model_ids(settings: Settings) -> dict[str, str]:
+    """The ids of the models of ``settings`` by role, read from their files (this process
+    never loads a model): the regressor's, and the segmentation model's where it is there."""
+    ids = {REGRESSOR: str(regressor_metadata(settings.data_dir, settings.model)["model_id"])}
+    try:
+        ids[SEGMENTATION] = segmentation_id(
+            truth_segmentation_dir(settings.data_dir, settings.model)
+        )
+    except ModelNotFound:
+        pass
+    return ids
 
 
-class _Blocks:
-    """Runs ``fill_block`` tasks on the cluster, one per block of tiles."""
+class ClusterRunner:
+    """Runs a plan's compute steps as ``fill_block`` tasks, one per block of tiles."""
 
     def __init__(
-        self, client: Client, settings: Settings, storm_name: str, block_levels: int,
-        batch_size: int, read_threads: int, progress: _Progress,
+        self, client: Client, settings: Settings, block_levels: int, batch_size: int,
+        read_threads: int,
     ) -> None:  # fmt: skip
-        self.client, self.settings, self.storm = client, settings, storm_name
-        self.block_levels, self.batch_size, self.read_threads = (
-            block_levels,
-            batch_size,
-            read_threads,
-        )
-        self.progress = progress
+        self.client, self.settings, self.block_levels = client, settings, block_levels
+        self.batch_size, self.read_threads = batch_size, read_threads
 
-    def run(self, todo: list[Tile], source: Source, summary: FillCounts) -> None:
-        """Compute and store the ``source`` values of ``todo``, adding the counts to
-        ``summary`` (a failed block counts its tiles as failed, the run goes on)."""
-        if not todo:
-            return
+    def compute(
+        self, layer: Layer, storm_name: str, tiles: list[Tile], advance: Callable[[int], None]
+    ) -> FillSummary:
+        """Compute and store ``layer``'s values of ``tiles`` (a failed block counts its tiles
+        as failed, the run goes on)."""
+        summary = FillSummary()
+        if not tiles:
+            return summary
         plugin = prepare_workers(self.client, self.settings)
         futures = {
             self.client.submit(
-                fill_block, plugin, self.storm, block_tiles, self.batch_size, self.read_threads,
-                source,
-                key=f"precompute-{self.storm}-{source.value}-{b.z}-{b.x}-{b.y}-{time.time_ns()}",
+                fill_block, plugin, storm_name, block_tiles, self.batch_size, self.read_threads,
+                layer.name,
+                key=f"precompute-{storm_name}-{layer.name}-{b.z}-{b.x}-{b.y}-{time.time_ns()}",
                 pure=False,
             ): block_tiles
-            for b, block_tiles in blocks_of(todo, self.block_levels).items()
+            for b, block_tiles in blocks_of(tiles, self.block_levels).items()
         }  # fmt: skip
         for future in as_completed(futures):
             block_tiles = futures[future]
             try:
                 summary.add(future.result())
             except Exception as exc:  # the block's tiles failed, not the run
-                summary.add(FillCounts(failed=len(block_tiles), failures=[_block_failure(
-                    block_tiles, exc)]))  # fmt: skip
-            self.progress.advance(len(block_tiles))
+                summary.fail(len(block_tiles), _block_failure(block_tiles, exc))
+            advance(len(block_tiles))
+        return summary
 
 
 def _block_failure(tiles: list[Tile], exc: BaseException) -> str:

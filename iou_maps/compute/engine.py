@@ -11,11 +11,10 @@ The one path by which the service, the point lookup and precompute get numbers:
 
 Far-out zooms read the aggregated levels that precompute writes.
 
-Each source has its ``Channel`` (computer, cache, single flight): ``predicted`` values (the
-regressor) and ``true`` values (the segmentation model against the labels,
-``iou_maps.compute.truth``);
-``error`` values are predicted − true, computed from the two, and their far-out aggregates
-(mean absolute errors) are read from their own key space.
+Which values a layer has and how they are made is the layer's (``iou_maps.layers``): each
+computed layer has a ``Channel`` (computer, cache, single flight) in ``Sources``; a derived
+layer's values combine its inputs' here, and its far-out aggregates are read from its own key
+space.
 """
 
 from __future__ import annotations
@@ -37,10 +36,14 @@ from iou_maps.compute.single_flight import LOCK_WAIT
 from iou_maps.compute.truth import SegmentationSource, TruthComputer
 from iou_maps.config import Settings
 from iou_maps.errors import ModelNotFound, OutsideStorm
-from iou_maps.layers.sources import NoCache, Sources, difference
+from iou_maps.layers.base import REGRESSOR, SEGMENTATION, Layer
+from iou_maps.layers.predicted import PREDICTED
+from iou_maps.layers.registry import Source, get_layer
+from iou_maps.layers.sources import NoCache, Sources, combine_cached
 from iou_maps.layers.summary import StormSummary, summarize
 from iou_maps.layers.tile_values import PointValues, TileGrid, Values
-from iou_maps.models.classes import NMETRICS, Source
+from iou_maps.layers.true import TRUE
+from iou_maps.models.classes import NMETRICS
 from iou_maps.storms.catalog import Catalog, Storm
 from iou_maps.storms.chips import ChipReader
 from iou_maps.storms.grid import analysis_tiles_for, descendants, tile_polygons
@@ -87,10 +90,12 @@ class MetricEngine:
             else truth
         )
         self.client = client
-        self.sources = Sources(self.computer, truth_computer, client, lock_wait, truth_missing)
-        self.store = self.sources.predicted.store
-        self.cache = self.sources.predicted.cache
-        self.flight = self.sources.predicted.flight
+        computers: dict[str, Computer] = {REGRESSOR: self.computer}
+        if truth_computer is not None:
+            computers[SEGMENTATION] = truth_computer
+        self.sources = Sources(computers, client, lock_wait, {SEGMENTATION: truth_missing})
+        predicted = self.sources.channel(PREDICTED)
+        self.store, self.cache, self.flight = predicted.store, predicted.cache, predicted.flight
         self._geom_lock = threading.Lock()
 
     @property
@@ -124,13 +129,11 @@ class MetricEngine:
             raise TypeError("this engine computes in worker processes, not in this one")
         return self.computer
 
-    def local_computer(self, source: Source) -> LocalComputer | TruthComputer:
-        """The in-process computer of predicted or true values (for precompute's ``fill``)."""
-        if source is Source.predicted:
-            return self.local()
-        computer = self.sources.channel(source).computer
-        if not isinstance(computer, TruthComputer):
-            raise TypeError("this engine computes true values in worker processes")
+    def local_computer(self, layer: Layer) -> LocalComputer | TruthComputer:
+        """The in-process computer of a computed layer (precompute's pipeline drives it)."""
+        computer = self.sources.channel(layer).computer
+        if not isinstance(computer, LocalComputer | TruthComputer):
+            raise TypeError(f"this engine computes {layer.name} values in worker processes")
         return computer
 
     def close(self) -> None:
@@ -150,10 +153,10 @@ class MetricEngine:
         """The storm and its mosaic backend, reloaded when its catalog file changes."""
         return self.storms.get(storm_name)
 
-    def check_source(self, storm_name: str, source: Source) -> LoadedStorm:
-        """The storm, if it has ``source`` values (``Sources.check``)."""
+    def check_source(self, storm_name: str, source: Source | Layer) -> LoadedStorm:
+        """The storm, if it has values of layer ``source`` (``Sources.check``)."""
         loaded = self.storm(storm_name)
-        self.sources.check(loaded.storm, source)
+        self.sources.check(loaded.storm, as_layer(source))
         return loaded
 
     def covered(
@@ -179,16 +182,18 @@ class MetricEngine:
         storm_name: str,
         tiles: Sequence[Tile],
         budget: int | None = None,
-        source: Source = Source.predicted,
+        source: Source | Layer = Source.predicted,
     ) -> Values:
-        """Entries of analysis tiles: cached, else computed within ``budget`` tiles."""
-        loaded = self.check_source(storm_name, source)
+        """Entries of analysis tiles of layer ``source``: cached, else computed within
+        ``budget`` tiles (a derived layer's from its inputs', each input's in turn)."""
+        layer = as_layer(source)
+        loaded = self.check_source(storm_name, layer)
         budget = self.budget if budget is None else budget
-        if source is Source.error:
-            return self._error_values(storm_name, tiles, budget)
-        channel = self.sources.channel(source)
+        if layer.derived:
+            return self._derived_values(storm_name, tiles, budget, layer)
+        channel = self.sources.channel(layer)
         out = Values()
-        inside = self.covered(loaded.storm, tiles, Sources.area(loaded.storm, source))
+        inside = self.covered(loaded.storm, tiles, layer.area(loaded.storm))
         candidates = [t for t, ok in zip(tiles, inside, strict=True) if ok]
         out.entries.update((t, NO_IMAGERY) for t, ok in zip(tiles, inside, strict=True) if not ok)
         cache = channel.cache
@@ -206,29 +211,34 @@ class MetricEngine:
         out.cache_ok = cache is not None and cache.ok
         return out
 
-    def _error_values(self, storm_name: str, tiles: Sequence[Tile], budget: int) -> Values:
-        """predicted − true of analysis tiles, where both exist (true first: only labelled
-        tiles need a prediction). Counts are of values: a tile may cost two."""
-        true = self.analysis_values(storm_name, tiles, budget, Source.true)
-        want = [t for t in tiles if (e := true.entries.get(t)) is not None and e.has_imagery]
-        pred = self.analysis_values(
-            storm_name, want, max(0, budget - true.computed), Source.predicted
-        )
-        missing = set(true.missing) | set(pred.missing)
-        out = Values(
-            cached=true.cached + pred.cached,
-            computed=true.computed + pred.computed,
-            missing=[t for t in tiles if t in missing],
-            cache_ok=true.cache_ok and pred.cache_ok,
-        )
-        for t in tiles:
-            te, pe = true.entries.get(t), pred.entries.get(t)
-            if t in missing or te is None:
-                continue
-            if not te.has_imagery or pe is None or not pe.has_imagery:
-                out.entries[t] = NO_IMAGERY
-            else:
-                out.entries[t] = difference(pe, te)
+    def _derived_values(
+        self, storm_name: str, tiles: Sequence[Tile], budget: int, layer: Layer
+    ) -> Values:
+        """A derived layer's entries: its first input's values, then each further input's
+        where the first has a value (only labelled tiles need a prediction for the error
+        layer), combined. Counts are of values: a tile may cost one per input."""
+        got: dict[str, Values] = {}
+        out = Values()
+        want = list(tiles)
+        for name in layer.inputs:
+            vals = self.analysis_values(
+                storm_name, want, max(0, budget - out.computed), get_layer(name)
+            )
+            got[name] = vals
+            out.cached += vals.cached
+            out.computed += vals.computed
+            out.cache_ok = out.cache_ok and vals.cache_ok
+            if name == layer.inputs[0]:
+                want = [
+                    t for t in tiles if (e := vals.entries.get(t)) is not None and e.has_imagery
+                ]
+        missing = {t for v in got.values() for t in v.missing}
+        out.missing = [t for t in tiles if t in missing]
+        known = [t for t in tiles if t not in missing]
+        out.entries = combine_cached(
+            layer, lambda name, ts: {t: e for t in ts if (e := got[name].entries.get(t))},
+            known, leaf=False,
+        )  # fmt: skip
         return out
 
     def tile_grid(
@@ -236,7 +246,7 @@ class MetricEngine:
         storm_name: str,
         tile: Tile,
         budget: int | None = None,
-        source: Source = Source.predicted,
+        source: Source | Layer = Source.predicted,
     ) -> TileGrid:
         """The cells of metric tile ``tile``: analysis tiles, or aggregates at far-out zooms
         (for ``error``: the mean absolute error of the analysis tiles under a cell)."""
@@ -253,7 +263,7 @@ class MetricEngine:
             cells = descendants(tile, level)
             storm = self.storm(storm_name).storm
             entries, missing = self.sources.far_cells(
-                storm, cells, source, self.analysis_zoom,
+                storm, cells, as_layer(source), self.analysis_zoom,
                 lambda ts, area: self.covered(storm, ts, area),
             )  # fmt: skip
             cached, computed = len(entries), 0
@@ -267,16 +277,19 @@ class MetricEngine:
             if e is not None and e.values is not None:
                 values[t.y - y0, t.x - x0] = e.values
                 has[t.y - y0, t.x - x0] = True
-        return TileGrid(tile, level, values, has, missing, cached, computed, cache_ok, source)
+        return TileGrid(
+            tile, level, values, has, missing, cached, computed, cache_ok,
+            Source(as_layer(source).name),
+        )  # fmt: skip
 
     def summary(self, storm_name: str) -> StormSummary:
         """What the cache knows about a storm (``iou_maps.layers.summary``; nothing is computed)."""
         storm = self.storm(storm_name).storm
-        truth = self.sources.truth
+        truth = self.sources.channels.get(TRUE.name)
         true = (truth.cache or NoCache()) if truth is not None else None
         return summarize(
             storm, self.analysis_zoom, self.cache or NoCache(), self.model_id, true,
-            self.sources.truth_id,
+            self.sources.ids.get(SEGMENTATION),
         )  # fmt: skip
 
     def point_tile(self, storm_name: str, lon: float, lat: float) -> Tile:
@@ -298,17 +311,22 @@ class MetricEngine:
         if entry is not None and not entry.has_imagery:
             raise OutsideStorm(f"no imagery of storm {storm_name!r} at ({lon}, {lat})")
         storm = self.storm(storm_name).storm
-        labelled = self.sources.truth is not None and bool(
+        labelled = TRUE.name in self.sources.channels and bool(
             self.covered(storm, [tile], storm.label_coverage)[0]
         )
         out = PointValues(tile, entry, None, labelled, pred.cached == 1, len(pred.missing))
         if labelled:
-            true = self.analysis_values(storm_name, [tile], budget, Source.true)
+            true = self.analysis_values(storm_name, [tile], budget, TRUE)
             got = true.entries.get(tile)
             out.true = got if got is not None and got.has_imagery else None
             out.cached = out.cached and true.cached == 1
             out.missing += len(true.missing)
         return out
+
+
+def as_layer(source: Source | Layer | str) -> Layer:
+    """The layer of a name (``Source``) or the layer itself."""
+    return source if isinstance(source, Layer) else get_layer(source)
 
 
 def open_engine(

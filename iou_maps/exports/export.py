@@ -39,16 +39,11 @@ from rio_tiler.colormap import cmap as default_cmap
 from rio_tiler.types import ColorMapType
 
 from iou_maps.compute.engine import GRID_LEVELS, MetricEngine
-from iou_maps.compute.metric_store import MetricStore
-from iou_maps.compute.precompute import (
-    aggregate_levels,
-    error_leaves,
-    tiles_of,
-    uncached,
-    with_values,
-)
+from iou_maps.compute.plan import EngineRunner, FillPlan, FillSummary, steps_for, tiles_of
 from iou_maps.config import Settings
 from iou_maps.errors import CacheUnavailable, ExportError, ModelNotFound
+from iou_maps.layers.base import Layer
+from iou_maps.layers.registry import LAYERS, Source, get_layer
 from iou_maps.layers.render import (
     WEB_MERCATOR,
     MetricFormat,
@@ -56,7 +51,7 @@ from iou_maps.layers.render import (
     default_rescale,
     legend_stops,
 )
-from iou_maps.models.classes import METRICS, Source, metric_index
+from iou_maps.models.classes import METRICS, metric_index
 from iou_maps.storms.catalog import Catalog, Storm
 from iou_maps.storms.grid import tile_polygons
 from iou_maps.storms.mosaic import metric_zoom_range, storm_zoom_range
@@ -68,7 +63,6 @@ __all__ = [
     "CacheUnavailable",
     "ExportError",
     "ExportSummary",
-    "FillReport",
     "ImageryFormat",
     "MBTilesArchive",
     "MetricLayer",
@@ -85,7 +79,7 @@ __all__ = [
 
 #: Where the values of a metric layer come from: the regressor's predictions, the true
 #: metrics of labelled scenes, or their difference (the engine's sources).
-SOURCES = tuple(s.value for s in Source)
+SOURCES = tuple(LAYERS)
 #: Analysis tiles computed per engine call while filling the cache (one model batch).
 FILL_CHUNK = 64
 #: Block edge (px) of the COG, and the size below which it needs no more overviews.
@@ -176,17 +170,6 @@ class MetricLayer:
 
 
 @dataclass
-class FillReport:
-    """What making a storm's cache complete did."""
-
-    analysis_tiles: int = 0
-    already_cached: int = 0
-    computed: int = 0
-    model_calls: int = 0
-    aggregates_written: int = 0
-
-
-@dataclass
 class ExportSummary:
     """What an export wrote."""
 
@@ -196,7 +179,7 @@ class ExportSummary:
     bytes: int = 0
     zooms: tuple[int, int] = (0, 0)
     seconds: float = 0.0
-    fill: FillReport = field(default_factory=FillReport)
+    fill: FillSummary = field(default_factory=FillSummary)
 
     @property
     def tiles_per_second(self) -> float:
@@ -238,25 +221,14 @@ def open_export_engine(settings: Settings) -> MetricEngine:
     )  # fmt: skip
 
 
-def _check_source(engine: MetricEngine, storm_name: str, source: str) -> Source:
-    """The engine's source of that name, if ``storm`` has its values: the engine's NoLabels
-    (a storm without labels) or ModelNotFound (no segmentation model) otherwise."""
-    if source not in SOURCES:
-        raise ExportError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
-    engine.check_source(storm_name, Source(source))
-    return Source(source)
-
-
-def _model_calls(engine: MetricEngine) -> int:
-    """Model calls this process made, of the regressor and the segmentation model."""
-    channels = (engine.sources.predicted, engine.sources.truth)
-    return sum(c.flight.model_calls for c in channels if c is not None)
-
-
-def _store(engine: MetricEngine) -> MetricStore:
-    if engine.store is None or not engine.store.ping():
-        raise CacheUnavailable("Redis is not reachable: an export reads the service's cache")
-    return engine.store
+def _check_source(engine: MetricEngine, storm_name: str, source: str) -> Layer:
+    """The layer of that name, if ``storm`` has its values: the engine's NoLabels (a storm
+    without labels) or ModelNotFound (no segmentation model) otherwise."""
+    if source not in LAYERS:
+        raise ExportError(f"unknown source {source!r}; valid: {', '.join(LAYERS)}")
+    layer = get_layer(source)
+    engine.check_source(storm_name, layer)
+    return layer
 
 
 def fill_cache(
@@ -266,75 +238,21 @@ def fill_cache(
     source: str = Source.predicted.value,
     progress: Progress | None = None,
     chunk: int = FILL_CHUNK,
-) -> FillReport:
-    """Make the cache hold every value the storm's tiles of ``source`` show: each analysis
-    tile (computed where missing, through the engine as a tile request would) and the
-    lower-zoom aggregates, as precompute writes them. ``true``: the true values of the
-    labelled tiles; ``error``: those, the predictions of the tiles with a true value and the
-    error layer's aggregates (mean absolute errors), as ``precompute --source true``.
-    Nothing is computed if all is cached."""
-    wanted = _check_source(engine, storm_name, source)
-    pred_store = _store(engine)
-    loaded = engine.storm(storm_name)
-    za = engine.analysis_zoom
-    lowest = storm_zoom_range(loaded.storm)[0]
-    report = FillReport()
-    calls_before = _model_calls(engine)
-
-    def fill(of: Source, tiles: Sequence[Tile]) -> int:
-        """Compute what the cache of ``of`` lacks of ``tiles``; how many were computed."""
-        store = engine.sources.channel(of).store
-        assert store is not None  # the engine has Redis (_store)
-        todo, cached = uncached(store, storm_name, tiles)
-        report.analysis_tiles += len(tiles)
-        report.already_cached += cached
-        done = report.analysis_tiles - len(todo)
-        if progress:
-            progress(done, report.analysis_tiles)
-        computed = 0
-        for i in range(0, len(todo), chunk):
-            part = todo[i : i + chunk]
-            computed += engine.analysis_values(storm_name, part, len(part), of).computed
-            if progress:
-                progress(done + i + len(part), report.analysis_tiles)
-        report.computed += computed
-        engine.flush()  # every computed value is in Redis before the aggregates read them
-        return computed
-
-    first = Source.predicted if wanted is Source.predicted else Source.true
-    store = engine.sources.channel(first).store
-    assert store is not None
-    tiles = tiles_of(loaded.storm, za, source=first)
-    computed = fill(first, tiles)
-    if computed or not _aggregates_complete(store, storm_name, tiles, lowest):
-        report.aggregates_written += aggregate_levels(store, storm_name, tiles, za, lowest)
-    if wanted is Source.error:
-        # The error layer needs a prediction wherever there is a true value.
-        computed += fill(Source.predicted, with_values(store, storm_name, tiles))
-        error_store = engine.sources.error_store
-        assert error_store is not None  # the engine has true values and Redis
-        if computed or not _aggregates_complete(error_store, storm_name, tiles, lowest):
-            report.aggregates_written += aggregate_levels(
-                error_store, storm_name, tiles, za, lowest,
-                leaves=error_leaves(pred_store, store, storm_name),
-            )  # fmt: skip
-    report.model_calls = _model_calls(engine) - calls_before
-    return report
-
-
-def _aggregates_complete(
-    store: MetricStore, storm_name: str, tiles: Sequence[Tile], lowest_zoom: int
-) -> bool:
-    """Whether every aggregate cell precompute writes for ``tiles`` is in the cache."""
-    level = set(tiles)
-    while level and next(iter(level)).z > lowest_zoom:
-        level = {mercantile.parent(t) for t in level}
-        cells = sorted(level)
-        for i in range(0, len(cells), 4096):
-            part = cells[i : i + 4096]
-            if len(store.get_many(storm_name, part)) < len(part):
-                return False
-    return True
+) -> FillSummary:
+    """Make the cache hold every value the storm's tiles of layer ``source`` show: each
+    analysis tile (computed where missing, through the engine as a tile request would) and
+    the lower-zoom aggregates, as precompute writes them (``plan.steps_for``: for ``error``,
+    the true values, the predictions of the tiles with a true value and the mean absolute
+    errors). Nothing is computed if all is cached."""
+    layer = _check_source(engine, storm_name, source)
+    if engine.store is None or not engine.store.ping():
+        raise CacheUnavailable("Redis is not reachable: an export reads the service's cache")
+    storm = engine.storm(storm_name).storm
+    plan = FillPlan(
+        engine.sources, storm, engine.analysis_zoom, storm_zoom_range(storm)[0],
+        steps_for(layer), lazy_aggregates=True,
+    )  # fmt: skip
+    return plan.run(EngineRunner(engine, chunk), progress)
 
 
 # --------------------------------------------------------------------------- tiles
@@ -741,7 +659,7 @@ def _export_archive(
     storm: Storm,
     zooms: tuple[int, int],
     progress: Progress | None,
-    report: FillReport | None = None,
+    report: FillSummary | None = None,
 ) -> ExportSummary:
     """``write_archive`` with progress against the storm's tile count, timed and summarised."""
     total = _count_tiles(storm, zooms)
@@ -752,7 +670,7 @@ def _export_archive(
     seconds = time.perf_counter() - start
     return ExportSummary(
         out, archive_format.value, count, out.stat().st_size, zooms, seconds,
-        report or FillReport(),
+        report or FillSummary(),
     )  # fmt: skip
 
 

@@ -19,25 +19,18 @@ from rio_tiler.utils import linear_rescale
 from titiler.core.resources.enums import ImageType
 from titiler.core.utils import render_image
 
-from iou_maps.models.classes import METRICS, Source, metric_index
-
-#: Red (0) → yellow → green (1): bad to good.
-DEFAULT_COLORMAP = "rdylgn"
-#: The error layer (predicted − true) diverges from 0: blue where the regressor is too
-#: pessimistic, red where it is too optimistic (its mean absolute error at lower zooms: red).
-DEFAULT_ERROR_COLORMAP = "rdbu_r"
-#: The value range the error layer's colours span by default (errors beyond are saturated).
-DEFAULT_ERROR_RESCALE = (-0.5, 0.5)
+from iou_maps.layers.registry import Source, get_layer
+from iou_maps.models.classes import METRICS, metric_index
 
 
 def default_colormap(source: Source) -> str:
     """The colormap a metric layer of ``source`` is drawn with unless one is asked for."""
-    return DEFAULT_ERROR_COLORMAP if source is Source.error else DEFAULT_COLORMAP
+    return get_layer(source).colormap
 
 
 def default_rescale(source: Source) -> tuple[float, float]:
     """The value range the colormap of a ``source`` layer spans unless one is asked for."""
-    return DEFAULT_ERROR_RESCALE if source is Source.error else (0.0, 1.0)
+    return get_layer(source).rescale
 
 
 WEB_MERCATOR = CRS.from_epsg(3857)
@@ -215,9 +208,6 @@ def _encode_rgba(rgba: np.ndarray, fmt: str) -> bytes:
 
 
 __all__ = [
-    "DEFAULT_COLORMAP",
-    "DEFAULT_ERROR_COLORMAP",
-    "DEFAULT_ERROR_RESCALE",
     "METRICS",
     "MetricFormat",
     "default_colormap",

@@ -1,20 +1,15 @@
-"""The sources of a metric layer: ``predicted``, ``true`` and ``error`` values.
+"""An engine's layers at work: a ``Channel`` (computer, cache, single flight) for each layer
+a model computes, a store for every layer whose models are there, and the reads that every
+layer answers alike (cached entries, the values under an aggregate cell).
 
-- ``predicted``: the metric regressor's values (``iou_maps.compute.computers``), keyed by
-  its model id;
-- ``true``: the segmentation model's metrics against the storm's labels
-  (``iou_maps.compute.truth``), keyed by the segmentation model's id, so they outlive a
-  retrained regressor;
-- ``error``: predicted − true, computed from the two; only its far-out aggregates (mean
-  absolute errors, written by precompute) are stored, keyed by both ids.
-
-Each computed source has a ``Channel`` (computer, cache, single flight); ``Sources`` holds an
-engine's channels and answers which values a storm has and which model ids stand behind them.
+Which values a layer has, and which models key them, come from the ``Layer`` objects
+(``iou_maps.layers.registry``): nothing here switches on a layer's name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,17 +18,11 @@ import shapely
 from mercantile import Tile
 
 from iou_maps.compute.computers import Computer
-from iou_maps.compute.metric_store import (
-    NO_IMAGERY,
-    PREDICTED_NAMESPACE,
-    Entry,
-    GuardedStore,
-    MetricStore,
-)
+from iou_maps.compute.metric_store import NO_IMAGERY, Entry, GuardedStore, MetricStore
 from iou_maps.compute.single_flight import SingleFlight
-from iou_maps.compute.truth import ERROR_NAMESPACE, TRUE_NAMESPACE, error_id
 from iou_maps.errors import ModelNotFound, NoLabels
-from iou_maps.models.classes import Source
+from iou_maps.layers.base import ROLES, Layer
+from iou_maps.layers.registry import LAYERS, get_layer
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.grid import descendants
 
@@ -43,8 +32,8 @@ MAX_ON_THE_FLY = 4096
 
 @dataclass
 class Channel:
-    """Values of one source (predicted or true): computed by ``computer``, cached in
-    ``store`` (``cache``: the same, a Redis error meaning "not cached"), each computed once
+    """Values of one computed layer: computed by ``computer``, cached in ``store``
+    (``cache``: the same, a Redis error meaning "not cached"), each computed once
     (``flight``)."""
 
     computer: Computer
@@ -62,100 +51,114 @@ class Channel:
         return cls(computer, store, cache, SingleFlight(computer, cache, lock_wait))
 
 
-class Sources:
-    """The channels of an engine: predicted values always, true values (and so errors) where
-    a segmentation model is there (``truth_missing`` says why not)."""
+class LayerStores:
+    """The Redis store of each layer whose models are known (``ids``: role → model id);
+    what precompute's client and the cluster's workers share without loading a model."""
+
+    def __init__(self, client: redis.Redis | None, ids: Mapping[str, str]) -> None:
+        self.ids = dict(ids)
+        self.stores: dict[str, MetricStore] = {}
+        if client is not None:
+            for layer in LAYERS.values():
+                if layer.has_models(ids):
+                    self.stores[layer.name] = MetricStore(
+                        client, layer.model_id(ids), layer.key_space
+                    )
+
+    def store(self, layer: Layer) -> MetricStore | None:
+        """The store of ``layer``'s values (None without Redis or its models)."""
+        return self.stores.get(layer.name)
+
+    def cached(self, storm_name: str, tiles: Sequence[Tile], layer: Layer) -> dict[Tile, Entry]:
+        """Stored entries of ``tiles`` in ``layer``'s store (nothing without one)."""
+        store = self.store(layer)
+        return store.get_many(storm_name, tiles) if store is not None else {}
+
+    def leaves(self, storm_name: str, tiles: Sequence[Tile], layer: Layer) -> dict[Tile, Entry]:
+        """The values of analysis ``tiles`` as ``layer``'s aggregates average them: its
+        stored values, or for a derived layer its inputs' combined (``combine_leaf``) where
+        they are all cached ("no value" where the first has none)."""
+        if not layer.derived:
+            return self.cached(storm_name, tiles, layer)
+        return combine_cached(layer, lambda name, ts: self.cached(storm_name, ts, LAYERS[name]),
+                              tiles, leaf=True)  # fmt: skip
+
+
+class Sources(LayerStores):
+    """The layers of an engine: a channel for each computed layer whose model is there
+    (``computers``: role → computer), stores for all layers whose models are there;
+    ``missing``: role → why its model is not there."""
 
     def __init__(
         self,
-        computer: Computer,
-        truth: Computer | None,
+        computers: Mapping[str, Computer],
         client: redis.Redis | None,
         lock_wait: float,
-        truth_missing: str = "this engine has no segmentation model for true metrics",
+        missing: Mapping[str, str] | None = None,
     ) -> None:
-        self.predicted = Channel.open(computer, client, PREDICTED_NAMESPACE, lock_wait)
-        self.truth = Channel.open(truth, client, TRUE_NAMESPACE, lock_wait) if truth else None
-        self.truth_missing = truth_missing
-        self.error_store: MetricStore | None = None
-        self.error_cache: GuardedStore | None = None
-        if truth is not None and client is not None:
-            ids = error_id(computer.model_id, truth.model_id)
-            self.error_store = MetricStore(client, ids, ERROR_NAMESPACE)
-            self.error_cache = GuardedStore(self.error_store)
+        super().__init__(client, {role: c.model_id for role, c in computers.items()})
+        self.missing = dict(missing or {})
+        self.channels: dict[str, Channel] = {}
+        for layer in LAYERS.values():
+            if layer.computed_by is not None and layer.computed_by in computers:
+                channel = Channel.open(
+                    computers[layer.computed_by], client, layer.key_space, lock_wait
+                )
+                self.channels[layer.name] = channel
+                if channel.store is not None:
+                    self.stores[layer.name] = channel.store  # one store per key space
+
+    def model_id(self, layer: Layer) -> str:
+        """The id of the model(s) behind ``layer``'s values (those there: the regressor's
+        alone when the others are missing)."""
+        return layer.model_id({r: i for r, i in self.ids.items() if r in layer.roles})
+
+    def source_id(self, source: str) -> str:
+        """``model_id`` of the layer named ``source``."""
+        return self.model_id(get_layer(source))
 
     @property
-    def channels(self) -> list[Channel]:
-        """The computed sources' channels."""
-        return [c for c in (self.predicted, self.truth) if c is not None]
+    def all_ids(self) -> str:
+        """Every model's id, "-" for one that is missing (what any layer may depend on)."""
+        return "+".join(self.ids.get(role, "-") for role in ROLES)
 
-    @property
-    def truth_id(self) -> str | None:
-        """The segmentation model's id (the true values' keys), None without one."""
-        return self.truth.computer.model_id if self.truth is not None else None
-
-    def source_id(self, source: Source) -> str:
-        """The id of the model(s) behind the values of ``source``."""
-        model_id = self.predicted.computer.model_id
-        if source is Source.predicted or self.truth_id is None:
-            return model_id
-        return self.truth_id if source is Source.true else error_id(model_id, self.truth_id)
-
-    def check(self, storm: Storm, source: Source) -> None:
-        """NoLabels for true/error values of a storm without labels, ModelNotFound without
-        the segmentation model that computes them."""
-        if source is Source.predicted:
-            return
-        if not storm.has_labels:
+    def check(self, storm: Storm, layer: Layer) -> None:
+        """NoLabels for a layer that needs labels on a storm without them, ModelNotFound
+        without a model the layer needs."""
+        if layer.needs_labels and not storm.has_labels:
             raise NoLabels(
-                f"storm {storm.name!r} has no label rasters: {source.value} metrics need labels "
+                f"storm {storm.name!r} has no label rasters: {layer.name} metrics need labels "
                 "(ingest them as <image>_label.tif or .png beside each image)"
             )
-        if self.truth is None:
-            raise ModelNotFound(f"{source.value} metrics are unavailable: {self.truth_missing}")
+        for role in layer.roles:
+            if role not in self.ids:
+                why = self.missing.get(role, f"this engine has no {role} model")
+                raise ModelNotFound(f"{layer.name} metrics are unavailable: {why}")
 
-    def channel(self, source: Source) -> Channel:
-        """The channel of predicted or true values (ModelNotFound without a truth model)."""
-        if source is Source.predicted:
-            return self.predicted
-        if source is Source.true and self.truth is not None:
-            return self.truth
-        if source is Source.true:
-            raise ModelNotFound(f"true metrics are unavailable: {self.truth_missing}")
-        raise ValueError("error values are derived from the two channels")
-
-    @staticmethod
-    def area(storm: Storm, source: Source) -> shapely.Geometry:
-        """Where ``source`` may have values: under the scenes, or under the labelled ones."""
-        return storm.coverage if source is Source.predicted else storm.label_coverage
-
-    def cached(
-        self, storm_name: str, tiles: Sequence[Tile], source: Source = Source.predicted
-    ) -> dict[Tile, Entry]:
-        """Stored entries of ``tiles`` (aggregates of the error layer for ``error``)."""
-        cache = self.error_cache if source is Source.error else self.channel(source).cache
-        return cache.get_many(storm_name, tiles) if cache is not None else {}
-
-    def cached_abs_error(self, storm_name: str, tiles: Sequence[Tile]) -> dict[Tile, Entry]:
-        """|predicted − true| of analysis tiles whose values are cached (``abs_errors``)."""
-        true = self.cached(storm_name, tiles, Source.true)
-        want = [t for t, e in true.items() if e.has_imagery]
-        return abs_errors(self.cached(storm_name, want, Source.predicted), true)
+    def channel(self, layer: Layer) -> Channel:
+        """The channel of a computed layer (ModelNotFound without its model)."""
+        if layer.derived:
+            raise ValueError(f"{layer.name} values are derived from other layers' channels")
+        found = self.channels.get(layer.name)
+        if found is None:
+            why = self.missing.get(str(layer.computed_by), f"no {layer.computed_by} model")
+            raise ModelNotFound(f"{layer.name} metrics are unavailable: {why}")
+        return found
 
     def far_cells(
         self,
         storm: Storm,
         cells: list[Tile],
-        source: Source,
+        layer: Layer,
         analysis_zoom: int,
         inside: Callable[[Sequence[Tile], shapely.Geometry], np.ndarray],
     ) -> tuple[dict[Tile, Entry], int]:
         """Cells of a far-out metric tile: pre-aggregated ones (written by precompute), the
         rest averaged from cached analysis tiles when few enough; and how many cells are not
         (wholly) known. ``inside(tiles, area)``: which tiles meet ``area``."""
-        storm_name, area = storm.name, self.area(storm, source)
+        storm_name, area = storm.name, layer.area(storm)
         wanted = [c for c, ok in zip(cells, inside(cells, area), strict=True) if ok]
-        entries = self.cached(storm_name, wanted, source)
+        entries = self.cached(storm_name, wanted, layer)
         absent = [c for c in wanted if c not in entries]
         per_cell = 4 ** (analysis_zoom - cells[0].z)
         if not absent or len(absent) * per_cell > MAX_ON_THE_FLY:
@@ -166,32 +169,66 @@ class Sources:
         every = [k for ks in kids.values() for k in ks]
         inside_kids = {k for k, ok in zip(every, inside(every, area), strict=True) if ok}
         kids = {c: [k for k in ks if k in inside_kids] for c, ks in kids.items()}
-        children = [k for ks in kids.values() for k in ks]
-        if source is Source.error:
-            cached = self.cached_abs_error(storm_name, children)
-        else:
-            cached = self.cached(storm_name, children, source)
+        cached = self.leaves(storm_name, [k for ks in kids.values() for k in ks], layer)
         for c, ks in kids.items():
             vals = [v for k in ks if k in cached and (v := cached[k].values) is not None]
             if vals:
-                with np.errstate(invalid="ignore"):
-                    mean = np.nanmean(np.stack(vals), axis=0)
-                entries[c] = Entry(mean.astype(np.float32), len(vals))
+                entries[c] = Entry(nan_mean(np.stack(vals)), len(vals))
             if any(k not in cached for k in ks):
                 missing += 1  # partly known at best
         return entries, missing
 
     def close(self) -> None:
         """Store what was computed, then stop the computers."""
-        for channel in self.channels:
+        for channel in self.channels.values():
             channel.flight.close()  # values already computed still reach Redis
-        for channel in self.channels:
+        for channel in self.channels.values():
             channel.computer.close()
 
     def flush(self) -> None:
         """Wait until every computed value is stored (or has failed)."""
-        for channel in self.channels:
+        for channel in self.channels.values():
             channel.flight.flush()
+
+
+def nan_mean(stack: np.ndarray) -> np.ndarray:
+    """Mean over the first axis where defined (NaN where no value is: a class absent from
+    every tile has no IoU, which is no cause for a warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(stack, axis=0).astype(np.float32)
+
+
+def combine_cached(
+    layer: Layer,
+    read: Callable[[str, Sequence[Tile]], dict[Tile, Entry]],
+    tiles: Sequence[Tile],
+    *,
+    leaf: bool,
+) -> dict[Tile, Entry]:
+    """A derived layer's entries of ``tiles`` from its inputs' entries (``read(name,
+    tiles)``): "no value" where the first input has none, the combination where every input
+    has a value; left out where an input is not known yet."""
+    combine = layer.combine_leaf if leaf else layer.combine
+    assert combine is not None
+    first = read(layer.inputs[0], tiles)
+    want = [t for t, e in first.items() if e.has_imagery]
+    others = [read(name, want) for name in layer.inputs[1:]]
+    out = {t: NO_IMAGERY for t, e in first.items() if not e.has_imagery}
+    for t in want:
+        got = [o.get(t) for o in others]
+        if any(g is None for g in got):
+            continue
+        if all(g is not None and g.has_imagery for g in got):
+            # Two inputs today (``Combine``); a longer chain folds left.
+            entry = first[t]
+            for g in got:
+                assert g is not None
+                entry = combine(entry, g)
+            out[t] = entry
+        else:
+            out[t] = NO_IMAGERY
+    return out
 
 
 class NoCache:
@@ -203,20 +240,4 @@ class NoCache:
         return {}
 
 
-def abs_errors(pred: dict[Tile, Entry], true: dict[Tile, Entry]) -> dict[Tile, Entry]:
-    """|predicted − true| of the tiles of ``true`` that have a value and a prediction in
-    ``pred``; "no value" where ``true`` has none (tiles with a true value but no prediction
-    yet are left out: not known)."""
-    out = {t: NO_IMAGERY for t, e in true.items() if not e.has_imagery}
-    for t, e in true.items():
-        p = pred.get(t)
-        if e.has_imagery and p is not None:
-            out[t] = difference(p, e, absolute=True) if p.has_imagery else NO_IMAGERY
-    return out
-
-
-def difference(pred: Entry, true: Entry, *, absolute: bool = False) -> Entry:
-    """predicted − true (``absolute``: its magnitude), NaN where either is undefined."""
-    assert pred.values is not None and true.values is not None
-    diff = pred.values.astype(np.float32) - true.values.astype(np.float32)
-    return Entry(np.abs(diff) if absolute else diff, 1)
+__all__ = ["Channel", "LayerStores", "NoCache", "Sources", "combine_cached", "nan_mean"]

@@ -8,7 +8,7 @@ import numpy as np
 from mercantile import Tile
 
 from iou_maps.compute.metric_store import Entry
-from iou_maps.models.classes import Source
+from iou_maps.layers.registry import Source
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Final
 
 #: Segmentation classes; the index is the class id written in label rasters.
@@ -31,18 +30,6 @@ CLASS_COLORS: Final[dict[str, tuple[int, int, int]]] = {
     "vegetation": (51, 160, 44),
     "development": (190, 80, 80),
 }
-
-
-class Source(StrEnum):
-    """Where the values of a metric layer come from."""
-
-    #: The metric regressor's prediction from the imagery alone (every analysis tile).
-    predicted = "predicted"
-    #: The segmentation model scored against the storm's label rasters (labelled tiles only):
-    #: what ``evaluate`` computes.
-    true = "true"
-    #: predicted − true where both exist; aggregated to lower zooms as the mean absolute error.
-    error = "error"
 
 
 def metric_index(name: str) -> int:
