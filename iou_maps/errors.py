@@ -83,3 +83,18 @@ class StacError(IoUMapsError, RuntimeError):
 
 class OffGrid(IoUMapsError):
     """A tile that is not on its scenes' pixel grid: read it with ``mosaic.read_tile``."""
+
+
+# --------------------------------------------------------------------------- exports
+
+
+class UnknownExportFormat(ExportError):
+    """An export format name that no format is registered under."""
+
+
+class UnsupportedLayer(ExportError):
+    """A layer an export format cannot hold (e.g. imagery in a COG of metric values)."""
+
+
+class BadTileFormat(ExportError):
+    """A tile encoding that a layer's tiles cannot have in an archive."""
