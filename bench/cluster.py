@@ -222,7 +222,7 @@ def main() -> None:
     import redis
     from distributed import Client, LocalCluster
 
-    from iou_maps.compute.precompute import tiles_of
+    from iou_maps.compute.plan import tiles_of
     from iou_maps.storms.catalog import Catalog
 
     tiles = tiles_of(Catalog(a.data_dir).storm(STORM), 18)

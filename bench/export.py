@@ -46,14 +46,11 @@ def main() -> None:
 
     from iou_maps.cli.demo import ensure_storm
     from iou_maps.compute.metric_store import Entry, MetricStore
-    from iou_maps.compute.precompute import tiles_of
+    from iou_maps.compute.plan import tiles_of
     from iou_maps.config import Settings
-    from iou_maps.exports.export import (
-        ArchiveFormat,
-        MetricLayer,
-        export_metric_archive,
-        open_export_engine,
-    )
+    from iou_maps.exports.filling import open_export_engine
+    from iou_maps.exports.formats import export_storm
+    from iou_maps.exports.layers import MetricLayer
     from iou_maps.models.classes import METRICS
     from iou_maps.models.registry import regressor_dir
     from iou_maps.storms.catalog import Catalog
@@ -79,17 +76,17 @@ def main() -> None:
                                    enumerate(tiles[i : i + 4096], start=i)})  # fmt: skip
         layer = MetricLayer("big", "miou")
         target = out / "big-miou.pmtiles"
-        first = export_metric_archive(engine, layer, target, ArchiveFormat.pmtiles)
+        first = export_storm("pmtiles", engine, layer, target)
         log(f"first export: {first.tiles} tiles, aggregates written "
             f"{first.fill.all_aggregated}, model calls {first.fill.model_calls}")  # fmt: skip
         rates = []
         for run in range(a.runs):
-            s = export_metric_archive(engine, layer, target, ArchiveFormat.pmtiles)
+            s = export_storm("pmtiles", engine, layer, target)
             assert s.fill.model_calls == 0 and s.fill.all_aggregated == 0
             rates.append(s.tiles_per_second)
             log(f"run {run + 1}: {s.tiles} tiles in {s.seconds:.2f} s = "
                 f"{s.tiles_per_second:.0f} tiles/s")  # fmt: skip
-        mb = export_metric_archive(engine, layer, out / "big-miou.mbtiles", ArchiveFormat.mbtiles)
+        mb = export_storm("mbtiles", engine, layer, out / "big-miou.mbtiles")
         engine.close()
     size = target.stat().st_size
     print(f"analysis tiles: {len(tiles)}; zooms {s.zooms[0]}..{s.zooms[1]}; tiles {s.tiles}; "

@@ -114,3 +114,18 @@ class BadBBox(IoUMapsError, ValueError):
 
 class LayerNotFillable(IoUMapsError, ValueError):
     """A layer precompute cannot fill by itself (a derived one: it comes with its input)."""
+
+
+# --------------------------------------------------------------------------- exports
+
+
+class UnknownExportFormat(ExportError):
+    """An export format name that no format is registered under."""
+
+
+class UnsupportedLayer(ExportError):
+    """A layer an export format cannot hold (e.g. imagery in a COG of metric values)."""
+
+
+class BadTileFormat(ExportError):
+    """A tile encoding that a layer's tiles cannot have in an archive."""

@@ -34,20 +34,21 @@ from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
 from iou_maps.cli.main import app
-from iou_maps.compute.precompute import tiles_of
+from iou_maps.compute.plan import tiles_of
 from iou_maps.config import Settings
-from iou_maps.errors import ExportError, StacError
-from iou_maps.exports.export import (
-    ArchiveFormat,
-    ImageryFormat,
-    MetricLayer,
-    export_cog,
-    export_imagery_archive,
-    export_metric_archive,
-    open_export_engine,
-    tiles_at,
+from iou_maps.errors import (
+    BadTileFormat,
+    ExportError,
+    StacError,
+    UnknownExportFormat,
+    UnsupportedLayer,
 )
+from iou_maps.exports.filling import open_export_engine
+from iou_maps.exports.formats import export_storm
+from iou_maps.exports.layers import ImageryLayer, MetricLayer
+from iou_maps.exports.options import ExportOptions
 from iou_maps.exports.stac import offline_validation, validate, write_storm_collection
+from iou_maps.exports.tiles import tiles_at
 from iou_maps.layers.registry import Source
 from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, ServiceProcess
@@ -90,16 +91,14 @@ def exports(settings, tmp_path_factory) -> dict[str, object]:
     try:
         result: dict[str, object] = {"dir": out, "cold_stdout": cold.stdout}
         result["pmtiles"] = out / "alpha-miou.pmtiles"
-        result["mbtiles"] = export_metric_archive(
-            engine, layer, out / "alpha-miou.mbtiles", ArchiveFormat.mbtiles
-        )
-        result["cog"] = export_cog(engine, layer, out / "alpha-miou.tif")
+        result["mbtiles"] = export_storm("mbtiles", engine, layer, out / "alpha-miou.mbtiles")
+        result["cog"] = export_storm("cog", engine, layer, out / "alpha-miou.tif")
         # Big enough to need overviews: each analysis tile 256 px.
-        result["cog256"] = export_cog(
-            engine, layer, out / "alpha-miou-256.tif", pixels_per_tile=256
+        result["cog256"] = export_storm(
+            "cog", engine, layer, out / "alpha-miou-256.tif", ExportOptions(pixels_per_tile=256)
         )
-        result["imagery"] = export_imagery_archive(
-            engine, STORM, out / "alpha-imagery.pmtiles", ArchiveFormat.pmtiles
+        result["imagery"] = export_storm(
+            "pmtiles", engine, ImageryLayer(STORM), out / "alpha-imagery.pmtiles"
         )
         result["model_id"] = engine.model_id
         result["model_calls_after_cold"] = engine.model_calls
@@ -123,15 +122,15 @@ def source_exports(exports, settings, tmp_path_factory) -> dict[str, object]:
     try:
         result: dict[str, object] = {"dir": out, "cold_stdout": cold.stdout}
         result["error"] = out / "alpha-miou-error.pmtiles"
-        result["true"] = export_metric_archive(
-            engine, MetricLayer(STORM, "miou", "true"), out / "alpha-miou-true.pmtiles",
-            ArchiveFormat.pmtiles,
-        )  # fmt: skip
-        error = MetricLayer(STORM, "miou", "error")
-        result["error_cog"] = export_cog(engine, error, out / "alpha-miou-error.tif")
-        result["error_cog256"] = export_cog(
-            engine, error, out / "alpha-miou-error-256.tif", pixels_per_tile=256
+        result["true"] = export_storm(
+            "pmtiles", engine, MetricLayer(STORM, "miou", "true"), out / "alpha-miou-true.pmtiles"
         )
+        error = MetricLayer(STORM, "miou", "error")
+        result["error_cog"] = export_storm("cog", engine, error, out / "alpha-miou-error.tif")
+        result["error_cog256"] = export_storm(
+            "cog", engine, error, out / "alpha-miou-error-256.tif",
+            ExportOptions(pixels_per_tile=256),
+        )  # fmt: skip
         result["model_ids"] = {s.value: engine.sources.source_id(s) for s in Source}
         result["warm_model_calls"] = (
             engine.model_calls + engine.sources.channels["true"].flight.model_calls
@@ -244,9 +243,9 @@ def test_export_from_a_warm_cache_makes_no_model_call(settings, exports, tmp_pat
     assert int(counters_before[b"model_calls"]) > 0  # the cold export's
     engine = open_export_engine(settings)
     try:
-        summary = export_metric_archive(
-            engine, MetricLayer(STORM, "dice", colormap_name="viridis"),
-            tmp_path / "dice.pmtiles", ArchiveFormat.pmtiles,
+        summary = export_storm(
+            "pmtiles", engine, MetricLayer(STORM, "dice", colormap_name="viridis"),
+            tmp_path / "dice.pmtiles",
         )  # fmt: skip
         assert summary.fill.computed == 0 and summary.fill.model_calls == 0
         assert summary.fill.already_cached == summary.fill.total > 0
@@ -503,15 +502,34 @@ def test_export_rejects_bad_options_naming_them(settings, tmp_path):
     assert r.exit_code == 2 and "nosuchstorm" in r.output
     engine = open_export_engine(settings)
     try:
+        layer = MetricLayer(STORM)
         with pytest.raises(ExportError, match="pixels_per_tile"):
-            export_cog(engine, MetricLayer(STORM), tmp_path / "x.tif", pixels_per_tile=0)
+            export_storm("cog", engine, layer, tmp_path / "x.tif", ExportOptions(pixels_per_tile=0))
         with pytest.raises(ExportError, match="minzoom 30 is outside"):
-            export_imagery_archive(
-                engine, STORM, tmp_path / "x.pmtiles", ArchiveFormat.pmtiles,
-                fmt=ImageryFormat("webp"), minzoom=30,
+            export_storm(
+                "pmtiles", engine, ImageryLayer(STORM), tmp_path / "x.pmtiles",
+                ExportOptions(tile_format="webp", minzoom=30),
             )  # fmt: skip
+        with pytest.raises(UnknownExportFormat, match="'zip'; valid: pmtiles, mbtiles, cog"):
+            export_storm("zip", engine, layer, tmp_path / "x.zip")
+        with pytest.raises(UnsupportedLayer, match="metric values only"):
+            export_storm("cog", engine, ImageryLayer(STORM), tmp_path / "x.tif")
+        for fmt, layer_, tile_format in (
+            ("pmtiles", layer, "npy"),
+            ("mbtiles", layer, "jpeg"),
+            ("pmtiles", ImageryLayer(STORM), "npy"),
+        ):
+            with pytest.raises(BadTileFormat, match=tile_format):
+                export_storm(
+                    fmt,
+                    engine,
+                    layer_,
+                    tmp_path / f"x.{fmt}",
+                    ExportOptions(tile_format=tile_format),
+                )
     finally:
         engine.close()
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.parametrize(("source", "fmt"), [("true", "pmtiles"), ("error", "cog")])

@@ -26,14 +26,11 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from iou_maps.compute.metric_store import Entry, MetricStore
-from iou_maps.compute.precompute import tiles_of
+from iou_maps.compute.plan import tiles_of
 from iou_maps.config import Settings
-from iou_maps.exports.export import (
-    ArchiveFormat,
-    MetricLayer,
-    export_metric_archive,
-    open_export_engine,
-)
+from iou_maps.exports.filling import open_export_engine
+from iou_maps.exports.formats import export_storm
+from iou_maps.exports.layers import MetricLayer
 from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, free_port
@@ -73,10 +70,9 @@ def archive(served_data, redis_server, tmp_path_factory) -> Path:
             entries[t] = Entry(values, 1)
         store.set_many("alpha", entries)
         site = tmp_path_factory.mktemp("site")
-        summary = export_metric_archive(
-            engine, MetricLayer("alpha", "miou"), site / "alpha-miou.pmtiles",
-            ArchiveFormat.pmtiles,
-        )  # fmt: skip
+        summary = export_storm(
+            "pmtiles", engine, MetricLayer("alpha", "miou"), site / "alpha-miou.pmtiles"
+        )
         assert summary.fill.model_calls == 0 and summary.tiles > 0
     finally:
         engine.close()

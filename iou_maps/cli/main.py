@@ -29,6 +29,7 @@ from rich.table import Table
 
 from iou_maps.config import Settings
 from iou_maps.errors import (
+    BadTileFormat,
     CacheUnavailable,
     ExportError,
     ImageryReadError,
@@ -37,7 +38,12 @@ from iou_maps.errors import (
     NoLabels,
     StacError,
     StormNotFound,
+    UnsupportedLayer,
 )
+from iou_maps.exports.filling import open_export_engine
+from iou_maps.exports.formats import FORMATS
+from iou_maps.exports.layers import ImageryLayer, MetricLayer
+from iou_maps.exports.options import ExportOptions
 from iou_maps.layers.registry import Source
 from iou_maps.models import runtime
 from iou_maps.models.classes import METRICS
@@ -799,12 +805,8 @@ def serve(
     uvicorn.run("service.app:app_from_env", factory=True, host=s.host, port=s.port, workers=workers)
 
 
-class ExportFormat(StrEnum):
-    """Export file formats."""
-
-    pmtiles = "pmtiles"
-    mbtiles = "mbtiles"
-    cog = "cog"
+#: Export file formats: those registered.
+ExportFormat = StrEnum("ExportFormat", {name: name for name in FORMATS})  # type: ignore[misc]
 
 
 class ExportLayer(StrEnum):
@@ -880,36 +882,26 @@ def export_cmd(
     Values come from the service's cache; missing ones are computed (and cached) as the
     service would, so a run on a precomputed storm makes no model call.
     """
-    from iou_maps.exports.export import (
-        ArchiveFormat,
-        ImageryFormat,
-        MetricLayer,
-        export_cog,
-        export_imagery_archive,
-        export_metric_archive,
-        open_export_engine,
-    )
-    from iou_maps.layers.render import MetricFormat
-
     s = settings(data_dir)
     if model:
         s.model = model
     _storm_or_exit(Catalog(s.data_dir), storm)
     span = _parse_range(rescale, "rescale") if rescale is not None else None
+    export_format = FORMATS[fmt.value]
+    options = ExportOptions(
+        tile_format=tile_format, minzoom=minzoom, maxzoom=maxzoom, attribution=attribution,
+        pixels_per_tile=pixels_per_tile,
+    )  # fmt: skip
     try:
         metric_layer = MetricLayer(storm, metric.value, source.value, colormap or "", span)
-        if layer is ExportLayer.imagery:
-            if fmt is ExportFormat.cog:
-                raise typer.BadParameter("--layer imagery: the COG holds metric values only")
-            imagery_format = ImageryFormat(tile_format or "webp")
-        elif fmt is not ExportFormat.cog:
-            metric_format = MetricFormat(tile_format or "png")
-            if metric_format.raw:
-                raise ValueError
-    except ValueError as exc:
-        if isinstance(exc, ExportError):
-            raise typer.BadParameter(str(exc)) from None
+        chosen = ImageryLayer(storm) if layer is ExportLayer.imagery else metric_layer
+        export_format.check(chosen, options)
+    except UnsupportedLayer as exc:
+        raise typer.BadParameter(f"--layer {layer.value}: {exc}") from None
+    except BadTileFormat:
         raise typer.BadParameter(f"--tile-format {tile_format!r} is not valid here") from None
+    except ExportError as exc:
+        raise typer.BadParameter(str(exc)) from None
     try:
         engine = open_export_engine(s)
     except ModelNotFound as exc:
@@ -918,22 +910,9 @@ def export_cmd(
         with progress_bar() as bar:
             fill = _bar_task(bar, f"values {storm}")
             tiles = _bar_task(bar, f"{fmt.value} {out_file.name}")
-            if layer is ExportLayer.imagery:
-                summary = export_imagery_archive(
-                    engine, storm, out_file, ArchiveFormat(fmt.value), fmt=imagery_format,
-                    minzoom=minzoom, maxzoom=maxzoom, attribution=attribution, progress=tiles,
-                )  # fmt: skip
-            elif fmt is ExportFormat.cog:
-                summary = export_cog(
-                    engine, metric_layer, out_file, pixels_per_tile=pixels_per_tile,
-                    fill_progress=fill, progress=tiles,
-                )  # fmt: skip
-            else:
-                summary = export_metric_archive(
-                    engine, metric_layer, out_file, ArchiveFormat(fmt.value),
-                    fmt=metric_format, minzoom=minzoom, maxzoom=maxzoom,
-                    attribution=attribution, fill_progress=fill, progress=tiles,
-                )  # fmt: skip
+            summary = export_format.write(
+                engine, chosen, out_file, options, fill_progress=fill, progress=tiles
+            )
     except (ExportError, NoLabels, ModelNotFound) as exc:
         raise fail(str(exc)) from None
     except (CacheUnavailable, ImageryReadError) as exc:
