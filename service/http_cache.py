@@ -53,9 +53,9 @@ Kind = Literal["tile", "metadata"]
 
 def _service_renderer() -> str:
     """RENDERER plus this package's code that decides response bytes (parameters, defaults,
-    documents): a deployment that changes it gets new ETags."""
+    documents), its subpackages' too: a deployment that changes it gets new ETags."""
     code = hashlib.blake2b(digest_size=6)
-    for module in sorted(Path(__file__).parent.glob("*.py")):
+    for module in sorted(Path(__file__).parent.rglob("*.py")):
         code.update(module.read_bytes())
     return f"{RENDERER} service/{code.hexdigest()}"
 
