@@ -38,23 +38,18 @@ from iou_maps.storms.mosaic import StormBackend
 from iou_maps.storms.scenes import SceneReader
 from service import openapi
 from service.admission import ComputeQueue
-from service.dependencies import (
-    SUPPORTED_TMS,
-    LegendSizeParams,
-    budget_dependency,
-    cached_cmap,
-    storm_dependency,
-)
 from service.errors import add_exception_handlers
-from service.factories import (
-    METRIC_HEADERS,
-    METRIC_TILE_PATH,
-    HealthFactory,
-    MetricTilerFactory,
-    StormMosaicFactory,
-    StormsFactory,
-)
+from service.factories.health import HealthFactory
+from service.factories.imagery import StormMosaicFactory
+from service.factories.metric_layers import MetricLayerFactory
+from service.factories.metric_tiles import METRIC_HEADERS, METRIC_TILE_PATH, MetricTileFactory
+from service.factories.points import PointFactory
+from service.factories.storms import StormsFactory
 from service.http_cache import TILE_CACHE_HEADER, HttpCaching
+from service.params.colormaps import LegendSizeParams, cached_cmap
+from service.params.location import storm_dependency
+from service.params.metric import budget_dependency
+from service.params.tiles import SUPPORTED_TMS
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(
@@ -126,8 +121,10 @@ def create_app(
         path_dependency=storm_path,
         router_prefix="/storms/{storm}/imagery",
     )
-    metrics = MetricTilerFactory(
-        router=APIRouter(route_class=caching.route_class(model=True, skip=(METRIC_TILE_PATH,))),
+    # One router for the metric layers: their TileJSON and WMTS link to the tile route.
+    metric_router = APIRouter(route_class=caching.route_class(model=True, skip=(METRIC_TILE_PATH,)))
+    MetricTileFactory(
+        router=metric_router,
         validator_dependency=caching.metric_validator(),
         engine=engine,
         path_dependency=storm_path,
@@ -135,13 +132,22 @@ def create_app(
         queue=queue,
         router_prefix="/storms/{storm}/metrics",
     )
-    storms = StormsFactory(engine=engine, path_dependency=storm_path, queue=queue)
+    MetricLayerFactory(
+        router=metric_router,
+        engine=engine,
+        path_dependency=storm_path,
+        budget_dependency=budget,
+        router_prefix="/storms/{storm}/metrics",
+    )
+    storms = StormsFactory(engine=engine, path_dependency=storm_path)
+    points = PointFactory(engine=engine, path_dependency=storm_path, queue=queue)
     health = HealthFactory(engine=engine, queue=queue)
 
     app.include_router(health.router, tags=["Service"])
     app.include_router(storms.router, tags=["Storms"])
+    app.include_router(points.router, tags=["Storms"])
     app.include_router(imagery.router, prefix="/storms/{storm}/imagery", tags=["Imagery"])
-    app.include_router(metrics.router, prefix="/storms/{storm}/metrics", tags=["Metrics"])
+    app.include_router(metric_router, prefix="/storms/{storm}/metrics", tags=["Metrics"])
     app.include_router(TMSFactory(supported_tms=SUPPORTED_TMS).router, tags=["Tiling Schemes"])
     colormaps = ColorMapFactory(
         supported_colormaps=cached_cmap,

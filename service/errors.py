@@ -17,33 +17,61 @@ from starlette.responses import JSONResponse, Response
 from titiler.core.errors import DEFAULT_STATUS_CODES
 
 from iou_maps.errors import (
+    CacheUnavailable,
+    ConfigError,
+    ExportError,
     ImageryReadError,
     InvalidStormName,
     IoUMapsError,
     ModelNotFound,
     NoLabels,
     NoSceneAt,
+    OffGrid,
     OutsideStorm,
+    RegressorError,
     SceneReadError,
+    StacError,
     StormNotFound,
+    WeightsError,
 )
 
 log = logging.getLogger(__name__)
 
+#: The one table of exception → status: the handlers and the HTTP cache (a tile of no scene)
+#: look statuses up here alone. Every class of iou_maps/errors.py has its line.
 STATUS_CODES: dict[type[Exception], int] = {
     **DEFAULT_STATUS_CODES,
     NoAssetFoundError: 204,  # no scene under the tile
     EmptyMosaicError: 204,  # scenes there, but no data in the tile
-    NoSceneAt: 404,
-    InvalidStormName: 422,
+    # Not found: the request names what is not there.
     StormNotFound: 404,
     OutsideStorm: 404,
+    NoSceneAt: 404,
     NoLabels: 404,  # true/error values of a storm without labels
+    # Bad input of the request.
+    InvalidStormName: 422,
+    ExportError: 422,
+    # The server's own files and services, not the request: the operator's to fix.
+    ModelNotFound: 503,
+    ConfigError: 500,
+    WeightsError: 500,
+    RegressorError: 500,
     ImageryReadError: 500,
     SceneReadError: 500,
-    ModelNotFound: 503,
+    CacheUnavailable: 500,
+    StacError: 500,
+    OffGrid: 500,  # control flow inside the library: reaching a handler is a bug
     IoUMapsError: 500,  # any other of ours: a JSON message, not a bare 500
 }
+
+
+def status_code(exc: BaseException) -> int | None:
+    """The status of ``exc`` in ``STATUS_CODES``: its class's, else its nearest parent's (as
+    Starlette picks a handler); None for an exception outside the table."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return None
 
 
 def describe(exc: BaseException) -> str:

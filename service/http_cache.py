@@ -33,7 +33,6 @@ import numpy as np
 from anyio import to_thread
 from attrs import define
 from fastapi.routing import APIRoute
-from rio_tiler.errors import EmptyMosaicError, NoAssetFoundError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -41,6 +40,7 @@ from iou_maps.compute.engine import MetricEngine
 from iou_maps.compute.tile_cache import RENDERER, CachedTile, TileCache, canonical_query, tile_key
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.imagery import TMS
+from service.errors import status_code
 
 #: Headers of a rendered imagery tile that the tile cache keeps with its bytes.
 KEPT_HEADERS = ("Content-Bbox", "Content-Crs")
@@ -53,9 +53,9 @@ Kind = Literal["tile", "metadata"]
 
 def _service_renderer() -> str:
     """RENDERER plus this package's code that decides response bytes (parameters, defaults,
-    documents): a deployment that changes it gets new ETags."""
+    documents), its subpackages' too: a deployment that changes it gets new ETags."""
     code = hashlib.blake2b(digest_size=6)
-    for module in sorted(Path(__file__).parent.glob("*.py")):
+    for module in sorted(Path(__file__).parent.rglob("*.py")):
         code.update(module.read_bytes())
     return f"{RENDERER} service/{code.hexdigest()}"
 
@@ -238,8 +238,8 @@ class HttpCaching:
                     )
             try:
                 response = await handler(request)
-            except (NoAssetFoundError, EmptyMosaicError):
-                if kind != "tile":
+            except Exception as exc:
+                if kind != "tile" or status_code(exc) != 204:
                     raise
                 # No scene data under the tile: a fact of this catalogue version.
                 return Response(status_code=204, headers=headers)

@@ -18,7 +18,7 @@ import mercantile
 
 from iou_maps.storms.catalog import STORM_NAME_RE
 from iou_maps.storms.grid import MAX_ZOOM
-from service.dependencies import MAX_LATITUDE
+from service.params.location import MAX_LATITUDE
 
 REPO = Path(__file__).resolve().parent.parent
 

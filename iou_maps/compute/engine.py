@@ -38,7 +38,7 @@ from iou_maps.config import Settings
 from iou_maps.errors import ModelNotFound, OutsideStorm
 from iou_maps.layers.base import REGRESSOR, SEGMENTATION, Layer
 from iou_maps.layers.predicted import PREDICTED
-from iou_maps.layers.registry import Source, get_layer
+from iou_maps.layers.registry import Source, computed_layers, get_layer
 from iou_maps.layers.sources import NoCache, Sources, combine_cached
 from iou_maps.layers.summary import StormSummary, summarize
 from iou_maps.layers.tile_values import PointValues, TileGrid, Values
@@ -302,25 +302,28 @@ class MetricEngine:
         return mercantile.tile(lon, lat, self.analysis_zoom)
 
     def point_values(self, storm_name: str, lon: float, lat: float, budget: int = 1) -> PointValues:
-        """Predicted and (where labelled, with a segmentation model) true values of the
-        analysis tile at a coordinate, each computed within ``budget`` if not cached;
-        OutsideStorm outside the storm's imagery."""
+        """The values of every computed layer at the analysis tile at a coordinate (those
+        that need labels where the tile is labelled and their model is there), each computed
+        within ``budget`` if not cached; OutsideStorm outside the storm's imagery."""
         tile = self.point_tile(storm_name, lon, lat)
-        pred = self.analysis_values(storm_name, [tile], budget=budget)
-        entry = pred.entries.get(tile)
-        if entry is not None and not entry.has_imagery:
-            raise OutsideStorm(f"no imagery of storm {storm_name!r} at ({lon}, {lat})")
         storm = self.storm(storm_name).storm
-        labelled = TRUE.name in self.sources.channels and bool(
-            self.covered(storm, [tile], storm.label_coverage)[0]
-        )
-        out = PointValues(tile, entry, None, labelled, pred.cached == 1, len(pred.missing))
-        if labelled:
-            true = self.analysis_values(storm_name, [tile], budget, TRUE)
-            got = true.entries.get(tile)
-            out.true = got if got is not None and got.has_imagery else None
-            out.cached = out.cached and true.cached == 1
-            out.missing += len(true.missing)
+        out = PointValues(tile, {}, False, True, 0)
+        for layer in computed_layers():
+            if layer.name not in self.sources.channels:
+                out.entries[layer.name] = None
+                continue
+            if layer.needs_labels:
+                out.labelled = bool(self.covered(storm, [tile], storm.label_coverage)[0])
+                if not out.labelled:
+                    out.entries[layer.name] = None
+                    continue
+            vals = self.analysis_values(storm_name, [tile], budget, layer)
+            entry = vals.entries.get(tile)
+            if layer.primary and entry is not None and not entry.has_imagery:
+                raise OutsideStorm(f"no imagery of storm {storm_name!r} at ({lon}, {lat})")
+            out.entries[layer.name] = entry if entry is None or entry.has_imagery else None
+            out.cached = out.cached and vals.cached == 1
+            out.missing += len(vals.missing)
         return out
 
 

@@ -8,7 +8,9 @@ import numpy as np
 from mercantile import Tile
 
 from iou_maps.compute.metric_store import Entry
-from iou_maps.layers.registry import Source
+from iou_maps.layers.predicted import PREDICTED
+from iou_maps.layers.registry import LAYERS, Source
+from iou_maps.layers.true import TRUE
 
 
 @dataclass
@@ -39,11 +41,39 @@ class TileGrid:
 
 @dataclass
 class PointValues:
-    """The analysis tile at a coordinate, its predicted and (where labelled) true values."""
+    """The analysis tile at a coordinate and the values of each computed layer there."""
 
     tile: Tile
-    predicted: Entry | None  # None: not cached, and no budget to compute it
-    true: Entry | None  # None: no true value (no label there), or not computed yet
-    labelled: bool  # the tile lies under a labelled scene (true values may exist there)
+    #: Computed layer name → its entry; None: no value there (not labelled, no model), or
+    #: not cached and no budget to compute it (``missing`` counts those).
+    entries: dict[str, Entry | None]
+    labelled: bool  # the tile lies under a labelled scene (label-based values may exist)
     cached: bool  # every value came from the cache
     missing: int  # values left to compute (over the budget)
+
+    @property
+    def predicted(self) -> Entry | None:
+        """The primary layer's entry (the regressor's prediction)."""
+        return self.entries.get(PREDICTED.name)
+
+    @property
+    def true(self) -> Entry | None:
+        """The true values' entry, None where there is none."""
+        return self.entries.get(TRUE.name)
+
+    def layers(self) -> dict[str, Entry | None]:
+        """Every layer's entry: the computed ones', and each derived layer's combined from
+        its inputs' where all of them have one."""
+        out = dict(self.entries)
+        for layer in LAYERS.values():
+            if layer.derived:
+                got = [out.get(name) for name in layer.inputs]
+                entry = None
+                if all(g is not None and g.values is not None for g in got):
+                    assert layer.combine is not None
+                    entry = got[0]
+                    for g in got[1:]:
+                        assert entry is not None and g is not None
+                        entry = layer.combine(entry, g)
+                out[layer.name] = entry
+        return out

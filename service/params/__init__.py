@@ -1,0 +1,1 @@
+"""Injectable FastAPI dependencies of the IoU Maps endpoints (titiler style), by concern."""
