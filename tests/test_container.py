@@ -29,7 +29,7 @@ import pytest
 import typer.main
 from ruamel.yaml import YAML
 
-from iou_maps.cli.main import app
+from iou_maps.cli.app import app
 from iou_maps.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,7 +278,7 @@ def test_cli_commands_and_options_named_in_the_container_files_exist() -> None:
 
 def test_entry_point_is_the_typer_app() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["iou-maps"] == "iou_maps.cli.main:app"
+    assert project["scripts"]["iou-maps"] == "iou_maps.cli.app:app"
     assert dockerfile_command()[0] == "iou-maps"
     assert compose()["services"]["precompute"]["entrypoint"] == ["iou-maps", "precompute"]
 
@@ -467,7 +467,7 @@ def test_wheel_carries_the_viewer(tmp_path: Path) -> None:
     assert "service/static/vendor/leaflet/leaflet.js" in expected
     assert "service/templates/index.html" in expected
     assert expected <= names, sorted(expected - names)
-    assert "iou_maps/cli/main.py" in names and "service/app.py" in names
+    assert "iou_maps/cli/app.py" in names and "service/app.py" in names
 
 
 def docker_pattern(pattern: str) -> re.Pattern[str]:

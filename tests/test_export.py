@@ -33,7 +33,7 @@ from rasterio.windows import Window, from_bounds
 from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
-from iou_maps.cli.main import app
+from iou_maps.cli.app import app
 from iou_maps.compute.plan import tiles_of
 from iou_maps.config import Settings
 from iou_maps.errors import (

@@ -280,7 +280,7 @@ def test_imagery_from_the_tile_cache_is_byte_identical(
 def test_precompute_imagery_fills_what_the_service_serves(
     service, service2, tile_redis, zooms, data, monkeypatch
 ):
-    from iou_maps.cli.main import app
+    from iou_maps.cli.app import app
 
     tile_redis.client().flushdb()
     monkeypatch.setenv("IOU_MAPS_TILE_CACHE_URL", tile_redis.url)

@@ -1,5 +1,5 @@
 """``python -m iou_maps.cli``: the command line."""
 
-from iou_maps.cli.main import app
+from iou_maps.cli.app import app
 
 app()
