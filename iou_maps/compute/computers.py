@@ -14,17 +14,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from mercantile import Tile
 
-from iou_maps.compute.metric_store import NO_IMAGERY, Entry, stored
+from iou_maps.compute.computed import Computed, Predictor, compute_reads
 from iou_maps.errors import ImageryReadError
 from iou_maps.storms.chips import ChipRead, ChipReader
 from iou_maps.storms.mosaic import StormBackend
@@ -32,74 +31,6 @@ from iou_maps.storms.open_storms import OpenStorms
 
 #: How much lower than the API process the inference processes run (``os.nice``).
 INFERENCE_NICENESS = 10
-
-
-class Predictor(Protocol):
-    """What computing needs of a metric regressor."""
-
-    @property
-    def model_id(self) -> str:
-        """The regressor's model id."""
-        ...
-
-    def predict(self, chips: np.ndarray) -> np.ndarray:
-        """(N, 256, 256, 3) uint8 → (N, 6) float32."""
-        ...
-
-
-@dataclass
-class Computed:
-    """Entries computed for tiles, the tiles whose imagery could not be read, and the cost."""
-
-    entries: dict[Tile, Entry] = field(default_factory=dict)
-    failed: dict[Tile, ImageryReadError] = field(default_factory=dict)
-    model_calls: int = 0
-
-    @property
-    def tiles_inferred(self) -> int:
-        """Tiles the model ran on (those with imagery)."""
-        return sum(1 for e in self.entries.values() if e.has_imagery)
-
-
-def compute_reads(
-    reads: Iterable[ChipRead], infer: Callable[[list[ChipRead]], np.ndarray], max_batch: int
-) -> Computed:
-    """Entries of read tiles: failures and "no imagery" as they are, the rest from ``infer``
-    in batches of ``max_batch`` (one model call each)."""
-    out = Computed()
-    todo: list[ChipRead] = []
-    for read in reads:
-        if read.error is not None:
-            out.failed[read.tile] = read.error
-        elif read.chip is None:
-            out.entries[read.tile] = NO_IMAGERY
-        else:
-            todo.append(read)
-    for start in range(0, len(todo), max_batch):
-        part = todo[start : start + max_batch]
-        values = infer(part)
-        out.model_calls += 1
-        for read, v in zip(part, values, strict=True):
-            # Served as stored: the tile's bytes do not change once it is cached.
-            out.entries[read.tile] = Entry(stored(v), 1)
-    return out
-
-
-class Computer(Protocol):
-    """Computes entries of analysis tiles of a storm (no cache read or write)."""
-
-    @property
-    def model_id(self) -> str:
-        """The id of the model behind the values (part of their cache keys)."""
-        ...
-
-    def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
-        """Read and infer ``tiles``; failures are returned, not raised."""
-        ...
-
-    def close(self) -> None:
-        """Release what the computer holds (threads, processes, files)."""
-        ...
 
 
 class LocalComputer:

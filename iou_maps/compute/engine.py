@@ -30,7 +30,8 @@ import redis
 import shapely
 from mercantile import Tile
 
-from iou_maps.compute.computers import Computer, LocalComputer, Predictor, ProcessComputer
+from iou_maps.compute.computed import Computer, Predictor
+from iou_maps.compute.computers import LocalComputer, ProcessComputer
 from iou_maps.compute.metric_store import NO_IMAGERY, release
 from iou_maps.compute.single_flight import LOCK_WAIT
 from iou_maps.compute.truth import SegmentationSource, TruthComputer

@@ -24,7 +24,7 @@ import redis
 from mercantile import Tile
 from redis.lock import Lock
 
-from iou_maps.compute.computers import Computed, Computer
+from iou_maps.compute.computed import Computed, Computer
 from iou_maps.compute.metric_store import Entry, GuardedStore, MetricStore
 
 #: Longest wait for another process's values before computing them here.

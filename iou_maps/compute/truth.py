@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from mercantile import Tile
 
-from iou_maps.compute.computers import Computed, compute_reads
+from iou_maps.compute.computed import Computed, compute_reads
 from iou_maps.errors import NoLabels
 from iou_maps.models.evaluation import MIN_LABELLED_FRACTION, read_chip, true_metrics
 from iou_maps.storms.chips import ChipRead, read_error

@@ -28,7 +28,8 @@ def open_export_engine(settings: Settings) -> MetricEngine:
     finds it; without one, true and error layers are refused with the reason).
 
     The model ids and analysis zoom come from the models' files, without TensorFlow."""
-    from iou_maps.compute.computers import Computer, ProcessComputer
+    from iou_maps.compute.computed import Computer
+    from iou_maps.compute.computers import ProcessComputer
     from iou_maps.compute.metric_store import connect
     from iou_maps.compute.truth import SegmentationSource
     from iou_maps.models.registry import regressor_metadata, truth_segmentation_dir

@@ -17,7 +17,7 @@ import redis
 import shapely
 from mercantile import Tile
 
-from iou_maps.compute.computers import Computer
+from iou_maps.compute.computed import Computer
 from iou_maps.compute.metric_store import NO_IMAGERY, Entry, GuardedStore, MetricStore
 from iou_maps.compute.single_flight import SingleFlight
 from iou_maps.errors import ModelNotFound, NoLabels
