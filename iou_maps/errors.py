@@ -129,3 +129,18 @@ class UnsupportedLayer(ExportError):
 
 class BadTileFormat(ExportError):
     """A tile encoding that a layer's tiles cannot have in an archive."""
+
+
+# --------------------------------------------------------------------------- settings, cache, tiles
+
+
+class SettingsError(IoUMapsError, ValueError):
+    """A setting (environment variable) the service cannot use; the message names it."""
+
+
+class CorruptCacheValue(IoUMapsError, ValueError):
+    """Bytes in the metric cache that are no packed metric vector."""
+
+
+class BadTileSize(IoUMapsError, ValueError):
+    """A tile size the metric grid cannot be drawn at (not a multiple of its cells)."""

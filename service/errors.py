@@ -17,12 +17,18 @@ from starlette.responses import JSONResponse, Response
 from titiler.core.errors import DEFAULT_STATUS_CODES
 
 from iou_maps.errors import (
+    BadBBox,
+    BadTileFormat,
+    BadTileSize,
     CacheUnavailable,
     ConfigError,
+    CorruptCacheValue,
     ExportError,
     ImageryReadError,
     InvalidStormName,
+    InvalidTile,
     IoUMapsError,
+    LayerNotFillable,
     ModelNotFound,
     NoLabels,
     NoSceneAt,
@@ -30,8 +36,14 @@ from iou_maps.errors import (
     OutsideStorm,
     RegressorError,
     SceneReadError,
+    SettingsError,
+    SourceSceneError,
     StacError,
     StormNotFound,
+    SyntheticStormError,
+    UnknownExportFormat,
+    UnknownLayer,
+    UnsupportedLayer,
     WeightsError,
 )
 
@@ -50,7 +62,17 @@ STATUS_CODES: dict[type[Exception], int] = {
     NoLabels: 404,  # true/error values of a storm without labels
     # Bad input of the request.
     InvalidStormName: 422,
+    InvalidTile: 422,
+    BadBBox: 422,
+    BadTileSize: 422,
+    UnknownLayer: 422,
+    LayerNotFillable: 422,
+    SourceSceneError: 422,
+    SyntheticStormError: 422,
     ExportError: 422,
+    UnknownExportFormat: 422,
+    UnsupportedLayer: 422,
+    BadTileFormat: 422,
     # The server's own files and services, not the request: the operator's to fix.
     ModelNotFound: 503,
     ConfigError: 500,
@@ -59,6 +81,8 @@ STATUS_CODES: dict[type[Exception], int] = {
     ImageryReadError: 500,
     SceneReadError: 500,
     CacheUnavailable: 500,
+    CorruptCacheValue: 500,
+    SettingsError: 500,
     StacError: 500,
     OffGrid: 500,  # control flow inside the library: reaching a handler is a bug
     IoUMapsError: 500,  # any other of ours: a JSON message, not a bare 500

@@ -121,3 +121,11 @@ def test_every_library_exception_has_the_one_base():
                if issubclass(c, Exception) and c.__module__ == errors.__name__]  # fmt: skip
     assert len(classes) > 10
     assert all(issubclass(c, errors.IoUMapsError) for c in classes)
+
+
+def test_the_service_maps_every_library_exception_in_its_one_table():
+    from service.errors import STATUS_CODES
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(c, Exception) and c.__module__ == errors.__name__]  # fmt: skip
+    assert [c.__name__ for c in classes if c not in STATUS_CODES] == []

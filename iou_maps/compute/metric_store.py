@@ -37,6 +37,7 @@ import redis
 from mercantile import Tile
 from redis.lock import Lock
 
+from iou_maps.errors import CorruptCacheValue
 from iou_maps.models.classes import NMETRICS
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,11 @@ def as_bytes(raw: bytes | str) -> bytes:
 
 
 def unpack(raw: bytes) -> Entry:
-    """The entry packed in ``raw`` (``pack``'s inverse); ValueError for corrupt bytes."""
+    """The entry packed in ``raw`` (``pack``'s inverse); CorruptCacheValue for corrupt bytes."""
     if not raw:
         return NO_IMAGERY
     if len(raw) not in (2 * NMETRICS, 2 * NMETRICS + 4):
-        raise ValueError(f"corrupt cache value of {len(raw)} bytes")
+        raise CorruptCacheValue(f"corrupt cache value of {len(raw)} bytes")
     q = np.frombuffer(raw[: 2 * NMETRICS], dtype="<u2")
     values = np.where(q == _NAN, np.nan, q / _SCALE).astype(np.float32)
     count = int(np.frombuffer(raw[2 * NMETRICS :], dtype="<u4")[0]) if len(raw) > 12 else 1

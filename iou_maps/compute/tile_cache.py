@@ -41,6 +41,7 @@ from iou_maps.compute.metric_store import (
     redis_answers,
 )
 from iou_maps.config import Settings
+from iou_maps.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def connect_tile_cache(settings: Settings) -> TileCache | None:
         )
         return TileCache(client)
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(
+        raise SettingsError(
             f"IOU_MAPS_TILE_CACHE_URL: {url!r} is not a redis://, rediss:// or unix:// URL, "
             "'embedded' or 'off'"
         )

@@ -19,6 +19,7 @@ from rio_tiler.utils import linear_rescale
 from titiler.core.resources.enums import ImageType
 from titiler.core.utils import render_image
 
+from iou_maps.errors import BadTileSize
 from iou_maps.layers.registry import Source, get_layer
 from iou_maps.models.classes import METRICS, metric_index
 
@@ -46,7 +47,7 @@ def metric_image(
     """
     n = values.shape[0]
     if tilesize % n:
-        raise ValueError(f"tile size {tilesize} is not a multiple of the {n}-cell grid")
+        raise BadTileSize(f"tile size {tilesize} is not a multiple of the {n}-cell grid")
     k = tilesize // n
     band = values[:, :, metric_index(metric)]
     data = np.repeat(np.repeat(band, k, axis=0), k, axis=1).astype(np.float32)
