@@ -87,6 +87,10 @@ class PointMetrics(BaseModel):
         default=None, description="predicted − true where both exist."
     )
     labelled: bool = Field(description="Whether the tile has a true value.")
+    layers: dict[Source, MetricValues | None] = Field(
+        default_factory=dict,
+        description="Every layer's metrics here, by source (null: the layer has none here).",
+    )
     model_id: str = Field(description="The regressor's model id.")
     segmentation_id: str | None = Field(
         default=None, description="The id of the segmentation model of the true values."

@@ -89,6 +89,7 @@ class PointFactory(BaseFactory):
                 true=values[Source.true],
                 error=values[Source.error],
                 labelled=values[Source.true] is not None,
+                layers=values,
                 model_id=engine.model_id,
                 segmentation_id=engine.sources.ids.get(SEGMENTATION),
                 from_cache=got.cached,
