@@ -65,7 +65,8 @@ def train_segmentation_on(
     """Train a segmentation model on the storms' labelled analysis tiles."""
     import keras
 
-    from iou_maps.models.segmentation import SegmentationConfig, demo_config, train_segmentation
+    from iou_maps.models.segmentation.config import SegmentationConfig, demo_config
+    from iou_maps.models.segmentation.train import train_segmentation
 
     if isinstance(config, Path):
         cfg = SegmentationConfig.from_json(config)

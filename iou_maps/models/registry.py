@@ -36,7 +36,7 @@ def regressor_dir(data_dir: Path, name: str) -> Path:
 
 def load_segmentation_model(data_dir: Path, name: str):
     """The segmentation model of model ``name`` (ModelNotFound if it has none)."""
-    from iou_maps.models.segmentation import load_segmentation
+    from iou_maps.models.segmentation.files import load_segmentation
 
     path = segmentation_dir(data_dir, name)
     if not path.is_dir():
@@ -46,7 +46,7 @@ def load_segmentation_model(data_dir: Path, name: str):
 
 def load_regressor_model(data_dir: Path, name: str):
     """The regressor of model ``name``, checked against its segmentation model's classes."""
-    from iou_maps.models.regressor import load_regressor
+    from iou_maps.models.regressor.files import load_regressor
 
     path = regressor_dir(data_dir, name)
     if not path.is_dir():
