@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iou_maps.errors import ModelNotFound
+from iou_maps.errors import InvalidModelName, ModelNotFound
 from iou_maps.storms.catalog import STORM_NAME_RE
 
 MODEL_NAME_RE = STORM_NAME_RE  # same rule: a plain folder name, no path tricks
 
 
 def validate_model_name(name: str) -> str:
-    """``name`` if it is a plain folder name (ValueError otherwise: no path tricks)."""
+    """``name`` if it is a plain folder name (InvalidModelName otherwise: no path tricks)."""
     if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
-        raise ValueError(
+        raise InvalidModelName(
             f"invalid model name {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-'"
         )
     return name

@@ -110,9 +110,9 @@ def build_regressor(
     decoder, no flips: far cheaper per chip.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown regressor kind {kind!r}; valid: {', '.join(KINDS)}")
+        raise RegressorError(f"unknown regressor kind {kind!r}; valid: {', '.join(KINDS)}")
     if heads < 1:
-        raise ValueError(f"heads must be >= 1, got {heads}")
+        raise RegressorError(f"heads must be >= 1, got {heads}")
     default_hidden, default_dropout = HEAD_LAYOUT[kind]
     hidden = default_hidden if hidden is None else hidden
     dropout = default_dropout if dropout is None else dropout

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from iou_maps.errors import TrainingDataError
 from iou_maps.models.backend import keras, tf
 from iou_maps.models.classes import METRICS, NMETRICS
 from iou_maps.models.model_layers import FlipAugmented
@@ -50,7 +51,7 @@ def split_by_scene(
     """
     scenes = sorted(set().union(*scene_sets))
     if len(scenes) < 2:
-        raise ValueError("a split by scene needs tiles from at least 2 scenes")
+        raise TrainingDataError("a split by scene needs tiles from at least 2 scenes")
     rng = np.random.default_rng(seed)
     n_val = min(len(scenes) - 1, max(1, round(val_fraction * len(scenes))))
     val_scenes = set(rng.choice(scenes, size=n_val, replace=False).tolist())
@@ -118,7 +119,7 @@ def train_regressor(
     targets = np.asarray(targets, np.float32)
     train, val, val_scenes = split_by_scene(scene_sets, val_fraction, seed)
     if not train.any() or not val.any():
-        raise ValueError("the split by scene left no training or no validation tiles")
+        raise TrainingDataError("the split by scene left no training or no validation tiles")
     model = build_regressor(seg, kind, heads=heads)
     x_train, y_train = chips[train], targets[train]
     if augment and not any(isinstance(layer, FlipAugmented) for layer in model.layers):

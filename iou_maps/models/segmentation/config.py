@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iou_maps.errors import ConfigError
+from iou_maps.errors import ConfigError, ModelFilesMissing
 from iou_maps.models.classes import NCLASSES
 
 #: Every key that segmentation_gym (train_model.py, make_dataset.py, seg_images_in_folder.py)
@@ -203,7 +203,7 @@ class SegmentationConfig:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"segmentation config not found: {path}") from None
+            raise ModelFilesMissing(f"segmentation config not found: {path}") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
         return cls.from_dict(d, expected_classes=expected_classes)

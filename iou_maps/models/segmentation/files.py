@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from iou_maps.errors import WeightsError
+from iou_maps.errors import ModelFilesMissing, WeightsError
 from iou_maps.models.backend import keras
 from iou_maps.models.classes import NCLASSES
 from iou_maps.models.segmentation.config import SegmentationConfig
@@ -103,7 +103,7 @@ def load_weights(model: keras.Model, path: str | Path) -> None:
     """Load ``.weights.h5`` (Keras 3 format) or a legacy ``.h5`` (tf.keras 2 layout)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise ModelFilesMissing(f"weights file not found: {path}")
     if path.name.endswith(".weights.h5"):
         try:
             model.load_weights(path)
@@ -125,12 +125,12 @@ def save_segmentation(seg: SegmentationModel, directory: str | Path) -> None:
 def _find_files(directory: Path) -> tuple[Path, Path]:
     """Config and weights of a model directory: ours, or a Zoo download (<stem>.json + .h5)."""
     if not directory.is_dir():
-        raise FileNotFoundError(f"segmentation model directory not found: {directory}")
+        raise ModelFilesMissing(f"segmentation model directory not found: {directory}")
     config = directory / CONFIG_FILE
     if not config.is_file():
         jsons = sorted(directory.glob("*.json"))
         if len(jsons) != 1:
-            raise FileNotFoundError(
+            raise ModelFilesMissing(
                 f"{directory} needs {CONFIG_FILE} (or exactly one .json config); "
                 f"found {[p.name for p in jsons]}"
             )
@@ -142,7 +142,7 @@ def _find_files(directory: Path) -> tuple[Path, Path]:
     h5s = sorted(directory.glob("*.h5"))
     if len(h5s) == 1:
         return config, h5s[0]
-    raise FileNotFoundError(
+    raise ModelFilesMissing(
         f"{directory} has config {config.name} but no weights {stem}_fullmodel.h5 "
         f"(.h5 files found: {[p.name for p in h5s]})"
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from iou_maps.errors import ConfigError
+from iou_maps.errors import ConfigError, TrainingDataError
 from iou_maps.models.backend import keras, tf
 from iou_maps.models.classes import NCLASSES, NODATA_LABEL
 from iou_maps.models.model_layers import resize_images, standardize_batch
@@ -75,12 +75,16 @@ def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _check_training_data(images: np.ndarray, labels: np.ndarray, nclasses: int) -> None:
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be N,H,W,3, got shape {images.shape}")
+        raise TrainingDataError(f"images must be N,H,W,3, got shape {images.shape}")
     if labels.shape != images.shape[:3]:
-        raise ValueError(f"labels shape {labels.shape} does not match images {images.shape[:3]}")
+        raise TrainingDataError(
+            f"labels shape {labels.shape} does not match images {images.shape[:3]}"
+        )
     bad = np.setdiff1d(np.unique(labels), [*range(nclasses), NODATA_LABEL])
     if bad.size:
-        raise ValueError(f"labels hold ids {bad.tolist()} outside 0..{nclasses - 1} and nodata")
+        raise TrainingDataError(
+            f"labels hold ids {bad.tolist()} outside 0..{nclasses - 1} and nodata"
+        )
 
 
 def _dataset(
