@@ -88,13 +88,11 @@ def private_redis() -> Iterator[str]:
 
 def save_demo_size_regressor(directory: Path) -> None:
     """A regressor of the demo architecture (fresh weights: speed does not depend on them)."""
-    from iou_maps.models.regressor import build_regressor, save_regressor
-    from iou_maps.models.segmentation import (
-        SegmentationConfig,
-        SegmentationModel,
-        build_model,
-        demo_config,
-    )
+    from iou_maps.models.regressor.files import save_regressor
+    from iou_maps.models.regressor.network import build_regressor
+    from iou_maps.models.segmentation.config import SegmentationConfig, demo_config
+    from iou_maps.models.segmentation.model import SegmentationModel
+    from iou_maps.models.segmentation.network import build_model
 
     cfg = SegmentationConfig.from_dict(demo_config())
     seg = SegmentationModel(cfg, build_model(cfg))
@@ -104,7 +102,8 @@ def save_demo_size_regressor(directory: Path) -> None:
 
 def ensure_demo_size_regressor(directory: Path) -> None:
     """``save_demo_size_regressor`` unless one that this code can load is there already."""
-    from iou_maps.models.regressor import RegressorError, load_regressor
+    from iou_maps.errors import RegressorError
+    from iou_maps.models.regressor.files import load_regressor
 
     try:
         load_regressor(directory)
@@ -153,7 +152,7 @@ from iou_maps.errors import RegressorError
 from iou_maps.models import runtime
 runtime.inference_process()
 import numpy as np
-from iou_maps.models.regressor import load_regressor
+from iou_maps.models.regressor.files import load_regressor
 reg = load_regressor(Path(sys.argv[1]))
 chips = np.load(sys.argv[2])
 batch, seconds = int(sys.argv[3]), float(sys.argv[4])

@@ -92,7 +92,7 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     from _common import save_demo_size_regressor
 
-    from iou_maps.models.regressor import load_regressor
+    from iou_maps.models.regressor.files import load_regressor
 
     with tempfile.TemporaryDirectory() as tmp:
         save_demo_size_regressor(Path(tmp))

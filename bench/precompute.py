@@ -41,7 +41,7 @@ def main() -> None:
     from iou_maps.compute.engine import MetricEngine
     from iou_maps.compute.precompute import precompute, storm_tiles
     from iou_maps.models.registry import regressor_dir
-    from iou_maps.models.regressor import load_regressor
+    from iou_maps.models.regressor.files import load_regressor
     from iou_maps.storms.catalog import Catalog
 
     data = Path(a.data_dir)

@@ -32,7 +32,7 @@ from iou_maps.cli.demo import ensure_evaluation, ensure_regressor
 from iou_maps.models.classes import METRICS
 from iou_maps.models.pipeline import regressor_training_set
 from iou_maps.models.registry import regressor_dir
-from iou_maps.models.regressor import evaluation_scores
+from iou_maps.models.regressor.train import evaluation_scores
 from iou_maps.storms.catalog import Catalog
 
 

@@ -144,3 +144,23 @@ class CorruptCacheValue(IoUMapsError, ValueError):
 
 class BadTileSize(IoUMapsError, ValueError):
     """A tile size the metric grid cannot be drawn at (not a multiple of its cells)."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+class InvalidModelName(IoUMapsError, ValueError):
+    """A model name outside ``[a-z0-9][a-z0-9_-]{0,63}``."""
+
+
+class UnknownMetric(IoUMapsError, ValueError):
+    """A metric name that is not one of ``iou_maps.models.classes.METRICS``."""
+
+
+class TrainingDataError(IoUMapsError, ValueError):
+    """Labelled data that cannot train or evaluate a model: none, too few scenes, or labels
+    that do not fit the images; the message says which."""
+
+
+class ModelFilesMissing(IoUMapsError, FileNotFoundError):
+    """A segmentation model folder (or file) that is not there; the message names it."""

@@ -99,12 +99,9 @@ class ServedData:
 
 def tiny_segmentation():
     """A real segmentation_gym-style resunet, small enough to build in a second."""
-    from iou_maps.models.segmentation import (
-        SegmentationConfig,
-        SegmentationModel,
-        build_model,
-        demo_config,
-    )
+    from iou_maps.models.segmentation.config import SegmentationConfig, demo_config
+    from iou_maps.models.segmentation.model import SegmentationModel
+    from iou_maps.models.segmentation.network import build_model
 
     cfg = demo_config()
     cfg.update(TARGET_SIZE=[64, 64], FILTERS=4)
@@ -117,8 +114,9 @@ def tiny_segmentation():
 
 def make_served_data(root: Path, scenes: int = 4, size: int = 512, seed: int = 3) -> ServedData:
     from iou_maps.models.registry import regressor_dir, segmentation_dir
-    from iou_maps.models.regressor import build_regressor, save_regressor
-    from iou_maps.models.segmentation import save_segmentation
+    from iou_maps.models.regressor.files import save_regressor
+    from iou_maps.models.regressor.network import build_regressor
+    from iou_maps.models.segmentation.files import save_segmentation
     from iou_maps.storms.ingest import ingest
     from iou_maps.storms.synthetic.generate import generate_storm
 

@@ -19,8 +19,6 @@ DOCS = ROOT / "docs"
 
 #: Pages whose rewrite is pending: their references are known to be stale. ``strict`` makes
 #: the test fail once a page is fixed, so that it leaves this set.
-AWAITING_REWRITE = {"docs/architecture.md"}
-
 FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.DOTALL)
 # [text](target) and ![alt](target), with an optional "title".
@@ -138,17 +136,12 @@ def missing_documents(text: str) -> list[str]:
     )
 
 
-def _stale(name: str) -> list[pytest.MarkDecorator]:
-    reason = "stale references; the page is being rewritten"
-    return [pytest.mark.xfail(strict=True, reason=reason)] if name in AWAITING_REWRITE else []
-
-
 @pytest.mark.parametrize("name", documents())
 def test_links_resolve(name: str) -> None:
     assert broken_links(ROOT / name) == []
 
 
-@pytest.mark.parametrize("name", [pytest.param(d, marks=_stale(d)) for d in documents()])
+@pytest.mark.parametrize("name", documents())
 def test_file_paths_exist(name: str) -> None:
     text = (ROOT / name).read_text()
     assert missing_paths(text) == []

@@ -36,7 +36,8 @@ HOST = {"Host": "tiles.example.org"}
 def data(served_data: ServedData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the served data (tests here re-ingest) with a second model, ``tiny2``."""
     from iou_maps.models.registry import regressor_dir
-    from iou_maps.models.regressor import build_regressor, save_regressor
+    from iou_maps.models.regressor.files import save_regressor
+    from iou_maps.models.regressor.network import build_regressor
 
     root = tmp_path_factory.mktemp("http-cache") / "data"
     shutil.copytree(served_data.data_dir, root, ignore=shutil.ignore_patterns("redis"))

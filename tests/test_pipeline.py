@@ -15,7 +15,7 @@ import pytest
 
 from iou_maps.models.classes import METRICS
 from iou_maps.models.registry import load_regressor_model, load_segmentation_model, regressor_dir
-from iou_maps.models.segmentation import demo_config
+from iou_maps.models.segmentation.config import demo_config
 
 from .conftest import ServedData, make_served_data
 

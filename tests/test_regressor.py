@@ -13,24 +13,21 @@ from iou_maps.errors import RegressorError
 from iou_maps.models.classes import METRICS, NCLASSES, NODATA_LABEL
 from iou_maps.models.inference_graph import foldable_batch_norms
 from iou_maps.models.metrics import class_fractions
-from iou_maps.models.regressor import (
+from iou_maps.models.model_layers import FlipAugmented
+from iou_maps.models.regressor.files import load_regressor, save_regressor
+from iou_maps.models.regressor.model import Regressor
+from iou_maps.models.regressor.network import (
     FEATURES,
     KINDS,
     NETWORK,
-    FlipAugmented,
-    Regressor,
     build_regressor,
-    encode,
     features_model,
     head_of,
     kind_of,
-    load_regressor,
-    masked_loss,
-    save_regressor,
-    split_by_scene,
-    train_regressor,
 )
-from iou_maps.models.segmentation import SegmentationConfig, SegmentationModel, demo_config
+from iou_maps.models.regressor.train import encode, masked_loss, split_by_scene, train_regressor
+from iou_maps.models.segmentation.config import SegmentationConfig, demo_config
+from iou_maps.models.segmentation.model import SegmentationModel
 
 from .conftest import tiny_segmentation
 

@@ -84,7 +84,7 @@ from pathlib import Path
 from iou_maps.models import runtime
 getattr(runtime, sys.argv[1])()
 from tensorflow.python.util import _pywrap_util_port
-from iou_maps.models.regressor import load_regressor
+from iou_maps.models.regressor.files import load_regressor
 reg = load_regressor(Path(sys.argv[2]))
 np.save(sys.argv[4], reg.predict(np.load(sys.argv[3])))
 print(json.dumps({"onednn": bool(_pywrap_util_port.IsMklEnabled()), "branches": reg.branches}))
@@ -93,7 +93,8 @@ print(json.dumps({"onednn": bool(_pywrap_util_port.IsMklEnabled()), "branches": 
 
 @pytest.mark.parametrize("kind", ["softmax", "encoder"])
 def test_onednn_inference_gives_the_same_numbers(kind, tmp_path) -> None:
-    from iou_maps.models.regressor import build_regressor, save_regressor
+    from iou_maps.models.regressor.files import save_regressor
+    from iou_maps.models.regressor.network import build_regressor
 
     from .conftest import tiny_segmentation
 

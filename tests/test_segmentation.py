@@ -12,20 +12,14 @@ import pytest
 
 from iou_maps.errors import ConfigError, WeightsError
 from iou_maps.models.classes import NODATA_LABEL, SAND, VEGETATION, WATER
-from iou_maps.models.segmentation import (
-    KNOWN_CONFIG_KEYS,
-    SegmentationConfig,
-    SegmentationModel,
-    bottleneck_layer_name,
-    build_model,
-    demo_config,
+from iou_maps.models.segmentation.config import KNOWN_CONFIG_KEYS, SegmentationConfig, demo_config
+from iou_maps.models.segmentation.files import load_segmentation, load_weights, save_segmentation
+from iou_maps.models.segmentation.model import SegmentationModel, standardize
+from iou_maps.models.segmentation.network import bottleneck_layer_name, build_model
+from iou_maps.models.segmentation.train import (
     encode_labels,
-    load_segmentation,
-    load_weights,
     masked_crossentropy,
     masked_dice_loss,
-    save_segmentation,
-    standardize,
     train_segmentation,
 )
 

@@ -31,7 +31,7 @@ from iou_maps.models.registry import (
     load_segmentation_model,
     truth_segmentation_dir,
 )
-from iou_maps.models.regressor import PRESENCE_THRESHOLD, resolve_classes
+from iou_maps.models.regressor.model import PRESENCE_THRESHOLD, resolve_classes
 from iou_maps.storms.catalog import Catalog
 from iou_maps.storms.grid import tiles_intersecting
 from iou_maps.storms.ingest import ingest

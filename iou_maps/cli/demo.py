@@ -67,7 +67,7 @@ def ensure_segmentation(
     """The segmentation model ``model``: loaded if it is there, else trained on ``storms``."""
     from iou_maps.models.pipeline import train_segmentation_on
     from iou_maps.models.registry import load_segmentation_model
-    from iou_maps.models.segmentation import save_segmentation
+    from iou_maps.models.segmentation.files import save_segmentation
 
     target = segmentation_dir(data_dir, model)
     if (target / "config.json").is_file():
@@ -108,7 +108,8 @@ def ensure_regressor(
     ``segmentation``, default ``model``): loaded if it is there and usable, else trained."""
     from iou_maps.models.pipeline import regressor_metadata, regressor_training_set
     from iou_maps.models.registry import load_regressor_model
-    from iou_maps.models.regressor import plot_report, save_regressor, train_regressor
+    from iou_maps.models.regressor.files import save_regressor
+    from iou_maps.models.regressor.train import plot_report, train_regressor
 
     target = regressor_dir(data_dir, model)
     if (target / "metadata.json").is_file():

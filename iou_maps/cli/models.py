@@ -25,7 +25,7 @@ from iou_maps.models import runtime
 from iou_maps.storms.catalog import Catalog
 
 if TYPE_CHECKING:
-    from iou_maps.models.segmentation import SegmentationModel
+    from iou_maps.models.segmentation.model import SegmentationModel
 
 
 class RegressorKind(StrEnum):
@@ -60,7 +60,7 @@ def train_segmentation_cmd(
     """Train a segmentation_gym-compatible UNet on the storms' labelled analysis tiles."""
     from iou_maps.models.pipeline import train_segmentation_on
     from iou_maps.models.registry import segmentation_dir, validate_model_name
-    from iou_maps.models.segmentation import save_segmentation
+    from iou_maps.models.segmentation.files import save_segmentation
 
     s = settings(data_dir)
     validate_model_name(out_name)
@@ -130,7 +130,8 @@ def train_regressor_cmd(
     """Train the metric regressor on `evaluate` tables (validation split by scene)."""
     from iou_maps.models.pipeline import regressor_metadata, regressor_training_set
     from iou_maps.models.registry import regressor_dir, validate_model_name
-    from iou_maps.models.regressor import plot_report, save_regressor, train_regressor
+    from iou_maps.models.regressor.files import save_regressor
+    from iou_maps.models.regressor.train import plot_report, train_regressor
 
     s = settings(data_dir)
     validate_model_name(out_name)

@@ -77,7 +77,7 @@ class SegmentationSource:
         """The ``SegmentationModel`` (loaded once)."""
         with self._lock:
             if self._model is None:
-                from iou_maps.models.segmentation import load_segmentation
+                from iou_maps.models.segmentation.files import load_segmentation
 
                 self._model = load_segmentation(self.directory)
             return self._model

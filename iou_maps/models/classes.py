@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from iou_maps.errors import UnknownMetric
+
 #: Segmentation classes; the index is the class id written in label rasters.
 CLASSES: Final[tuple[str, ...]] = ("water", "sand", "vegetation", "development")
 NCLASSES: Final[int] = len(CLASSES)
@@ -33,8 +35,8 @@ CLASS_COLORS: Final[dict[str, tuple[int, int, int]]] = {
 
 
 def metric_index(name: str) -> int:
-    """Position of a metric in the vector; ValueError naming the valid ones otherwise."""
+    """Position of a metric in the vector; UnknownMetric naming the valid ones otherwise."""
     try:
         return METRICS.index(name)
     except ValueError:
-        raise ValueError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}") from None
+        raise UnknownMetric(f"unknown metric {name!r}; valid: {', '.join(METRICS)}") from None

@@ -19,6 +19,7 @@ import pandas as pd
 import shapely
 from mercantile import Tile
 
+from iou_maps.errors import TrainingDataError
 from iou_maps.models.classes import CLASS_COLORS, CLASSES, METRICS, NODATA_LABEL
 from iou_maps.models.metrics import class_fractions, metric_vectors
 from iou_maps.storms.catalog import Storm
@@ -161,7 +162,7 @@ def tile_geometries(tiles: Sequence[Tile]) -> np.ndarray:
 def evaluate_chips(chips: ChipSet, predict: Callable[[np.ndarray], np.ndarray]) -> gpd.GeoDataFrame:
     """True metrics of a segmentation model on labelled chips → GeoParquet-ready table."""
     if chips.labels is None:
-        raise ValueError("evaluation needs labelled chips")
+        raise TrainingDataError("evaluation needs labelled chips")
     vectors, preds = true_metrics(chips.images, chips.labels, predict)
     lab_frac = class_fractions(chips.labels)
     pred_frac = class_fractions(preds)
@@ -197,7 +198,7 @@ def example_figure(
     from matplotlib.colors import ListedColormap
 
     if not len(chips):
-        raise ValueError("no labelled tiles to draw")
+        raise TrainingDataError("no labelled tiles to draw")
     order = np.argsort(table["miou"].to_numpy())
     picks = order[np.linspace(0, len(order) - 1, min(n, len(order))).astype(int)]
     cmap = ListedColormap([np.array(CLASS_COLORS[c]) / 255 for c in CLASSES])

@@ -15,6 +15,7 @@ import geopandas as gpd
 import numpy as np
 from mercantile import Tile
 
+from iou_maps.errors import TrainingDataError
 from iou_maps.models.classes import METRICS
 from iou_maps.models.evaluation import (
     ChipSet,
@@ -65,7 +66,8 @@ def train_segmentation_on(
     """Train a segmentation model on the storms' labelled analysis tiles."""
     import keras
 
-    from iou_maps.models.segmentation import SegmentationConfig, demo_config, train_segmentation
+    from iou_maps.models.segmentation.config import SegmentationConfig, demo_config
+    from iou_maps.models.segmentation.train import train_segmentation
 
     if isinstance(config, Path):
         cfg = SegmentationConfig.from_json(config)
@@ -75,7 +77,7 @@ def train_segmentation_on(
     images = np.concatenate([c.images for c in chip_sets])
     labels = np.concatenate([c.labels for c in chip_sets if c.labels is not None])
     if not len(images):
-        raise ValueError("no labelled analysis tiles in those storms")
+        raise TrainingDataError("no labelled analysis tiles in those storms")
     n_epochs = epochs or int(cfg.raw.get("MAX_EPOCHS", 10))
     advance = progress(f"train {cfg.model} on {len(images)} chips", n_epochs)
 
@@ -118,7 +120,7 @@ def evaluate_storm(storm: Storm, seg, zoom: int, *, progress: Progress = no_prog
     """True metrics of ``seg`` on every labelled analysis tile of ``storm``."""
     chips = storm_chips(storm, zoom, progress=progress)
     if not len(chips):
-        raise ValueError(f"storm {storm.name!r} has no labelled analysis tiles")
+        raise TrainingDataError(f"storm {storm.name!r} has no labelled analysis tiles")
     table = evaluate_chips(chips, seg.predict)
     preds = table.attrs.pop("predictions")
     return Evaluation(table, chips, preds)
@@ -165,7 +167,7 @@ def regressor_training_set(
                  "tiles": len(rows)}
             )  # fmt: skip
     if not images:
-        raise ValueError("the tables hold no tiles")
+        raise TrainingDataError("the tables hold no tiles")
     return TrainingSet(np.concatenate(images), np.concatenate(targets), scene_sets, sources)
 
 

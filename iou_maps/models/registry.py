@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iou_maps.errors import ModelNotFound
+from iou_maps.errors import InvalidModelName, ModelNotFound
 from iou_maps.storms.catalog import STORM_NAME_RE
 
 MODEL_NAME_RE = STORM_NAME_RE  # same rule: a plain folder name, no path tricks
 
 
 def validate_model_name(name: str) -> str:
-    """``name`` if it is a plain folder name (ValueError otherwise: no path tricks)."""
+    """``name`` if it is a plain folder name (InvalidModelName otherwise: no path tricks)."""
     if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
-        raise ValueError(
+        raise InvalidModelName(
             f"invalid model name {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-'"
         )
     return name
@@ -36,7 +36,7 @@ def regressor_dir(data_dir: Path, name: str) -> Path:
 
 def load_segmentation_model(data_dir: Path, name: str):
     """The segmentation model of model ``name`` (ModelNotFound if it has none)."""
-    from iou_maps.models.segmentation import load_segmentation
+    from iou_maps.models.segmentation.files import load_segmentation
 
     path = segmentation_dir(data_dir, name)
     if not path.is_dir():
@@ -46,7 +46,7 @@ def load_segmentation_model(data_dir: Path, name: str):
 
 def load_regressor_model(data_dir: Path, name: str):
     """The regressor of model ``name``, checked against its segmentation model's classes."""
-    from iou_maps.models.regressor import load_regressor
+    from iou_maps.models.regressor.files import load_regressor
 
     path = regressor_dir(data_dir, name)
     if not path.is_dir():

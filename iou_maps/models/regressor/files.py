@@ -1,0 +1,117 @@
+"""A metric regressor on disk, and its model id.
+
+On disk::
+
+    models/<name>/regressor/model.keras      frozen segmentation model + heads (Keras)
+    models/<name>/regressor/metadata.json    classes, metrics, input size, analysis zoom,
+                                              preprocessing, training data, validation scores,
+                                              model id
+
+The model id is a short hash of the weights and the metadata, so the same files always give
+the same id and any changed weight gives a new one; the cache keys contain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iou_maps.errors import RegressorError
+from iou_maps.models.backend import keras
+from iou_maps.models.classes import CLASSES, METRICS
+from iou_maps.models.regressor.model import Regressor
+from iou_maps.models.regressor.network import CHIP_SIZE, KINDS, kind_of
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+
+
+def model_id_of(model: keras.Model, metadata: dict[str, Any]) -> str:
+    """12 hex digits of SHA-256 over every weight and the metadata (less the id itself)."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(w.path.encode())
+        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    meta = {k: v for k, v in metadata.items() if k != "model_id"}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+def save_regressor(model: keras.Model, metadata: dict[str, Any], directory: Path) -> Regressor:
+    """Write model + metadata (with its model id) atomically; returns the loaded regressor."""
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        **metadata,
+        "kind": kind_of(model),
+        "classes": list(CLASSES),
+        "metrics": list(METRICS),
+        "chip_size": CHIP_SIZE,
+    }
+    metadata["model_id"] = model_id_of(model, metadata)
+    for name, write in (
+        (MODEL_FILE, lambda p: model.save(p)),
+        (METADATA_FILE, lambda p: Path(p).write_text(json.dumps(metadata, indent=2) + "\n")),
+    ):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=Path(name).suffix, dir=directory)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, directory / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return Regressor(model, metadata)
+
+
+def load_regressor(directory: Path, *, nclasses: int | None = None) -> Regressor:
+    """Load and check a regressor; RegressorError says what is wrong.
+
+    ``nclasses``: the class count of the segmentation model it must belong to.
+    """
+    meta_path, model_path = directory / METADATA_FILE, directory / MODEL_FILE
+    for p in (meta_path, model_path):
+        if not p.is_file():
+            raise RegressorError(f"regressor file missing: {p}")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RegressorError(f"{meta_path} is not valid JSON: {exc}") from None
+    if list(metadata.get("classes", [])) != list(CLASSES):
+        raise RegressorError(
+            f"regressor {directory} was trained for classes {metadata.get('classes')}, "
+            f"this build uses {list(CLASSES)}"
+        )
+    if nclasses is not None and nclasses != len(metadata["classes"]):
+        raise RegressorError(
+            f"regressor {directory} has {len(metadata['classes'])} classes but the "
+            f"segmentation model has {nclasses}"
+        )
+    if list(metadata.get("metrics", [])) != list(METRICS):
+        raise RegressorError(f"regressor metrics {metadata.get('metrics')} != {list(METRICS)}")
+    model = keras.models.load_model(model_path, compile=False)
+    if tuple(model.input.shape[1:]) != (CHIP_SIZE, CHIP_SIZE, 3):
+        # Regressors before the softmax statistics took the resized image, not the chip.
+        raise RegressorError(
+            f"regressor {directory} takes {tuple(model.input.shape[1:])} inputs, not "
+            f"{CHIP_SIZE}x{CHIP_SIZE} RGB chips: it was saved by an older IoU Maps; "
+            "train it again with `iou-maps train-regressor`"
+        )
+    if metadata.get("kind", KINDS[0]) != kind_of(model):
+        raise RegressorError(
+            f"regressor {directory}: metadata says kind {metadata.get('kind')!r} but the model "
+            f"is a {kind_of(model)!r} regressor"
+        )
+    expected = model_id_of(model, metadata)
+    if metadata.get("model_id") != expected:
+        raise RegressorError(
+            f"regressor {directory}: files do not match model id {metadata.get('model_id')!r} "
+            f"(content hashes to {expected!r}); re-save it"
+        )
+    return Regressor(model, metadata)
