@@ -25,7 +25,7 @@ from iou_maps.cli.output import (
 )
 from iou_maps.config import Settings
 from iou_maps.errors import CacheUnavailable, LayerNotFillable, ModelNotFound, NoLabels
-from iou_maps.layers.registry import Source, get_layer
+from iou_maps.layers.registry import Source, computed_layers, get_layer
 from iou_maps.models import runtime
 from iou_maps.storms.catalog import Catalog
 
@@ -35,6 +35,13 @@ if TYPE_CHECKING:
 BBox = tuple[float, float, float, float]
 TileProgress = Callable[[int, int], None]
 # What precompute fills: the error layer is filled with `true`, never asked for on its own.
+
+#: What ``--source`` accepts: the layers a model computes (a derived layer comes with its first
+#: input: the error layer with ``true``), from the registry.
+FillSource = StrEnum(  # type: ignore[misc]
+    "FillSource", {layer.name: layer.name for layer in computed_layers()}
+)
+DEFAULT_SOURCE = FillSource(next(layer.name for layer in computed_layers() if layer.primary))
 
 
 class ImageFormat(StrEnum):
@@ -85,13 +92,13 @@ def precompute_cmd(
         str | None, typer.Option(help="Model name (default: $IOU_MAPS_MODEL).")
     ] = None,
     source: Annotated[
-        Source,
+        FillSource,
         typer.Option(
             help="predicted: the regressor's values; true: the segmentation model against the "
             "storm's labels on its labelled tiles, then the error layer (the predictions it "
             "needs, its mean absolute errors at lower zooms)."
         ),
-    ] = Source.predicted,
+    ] = DEFAULT_SOURCE,
     json_out: JsonOutput = False,
     metrics: Annotated[
         bool,
@@ -134,7 +141,8 @@ def precompute_cmd(
     failed = 0
     if metrics:
         summary = _precompute_metrics(
-            s, storm, scheduler, processes, box, batch_size, workers, refresh, source, json_out
+            s, storm, scheduler, processes, box, batch_size, workers, refresh, Source(source),
+            json_out,
         )  # fmt: skip
         report.update({**asdict(summary), "tiles_per_second": summary.tiles_per_second})
         failed = summary.failed
