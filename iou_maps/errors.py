@@ -129,3 +129,14 @@ class UnsupportedLayer(ExportError):
 
 class BadTileFormat(ExportError):
     """A tile encoding that a layer's tiles cannot have in an archive."""
+
+
+# --------------------------------------------------------------------------- Python API
+
+
+class UnknownMetric(IoUMapsError, ValueError):
+    """A metric name outside ``iou_maps.models.classes.METRICS``."""
+
+
+class BadBudget(IoUMapsError, ValueError):
+    """A compute budget that is not a number of tiles (0 or more)."""
