@@ -1,4 +1,7 @@
-"""IoU Maps: where a segmentation model of post-storm aerial imagery can be trusted."""
+"""IoU Maps: where a segmentation model of post-storm aerial imagery can be trusted.
+
+From Python (a notebook): ``from iou_maps.api import open_storm``.
+"""
 
 from iou_maps.models import runtime
 

@@ -164,3 +164,10 @@ class TrainingDataError(IoUMapsError, ValueError):
 
 class ModelFilesMissing(IoUMapsError, FileNotFoundError):
     """A segmentation model folder (or file) that is not there; the message names it."""
+
+
+# --------------------------------------------------------------------------- Python API
+
+
+class BadBudget(IoUMapsError, ValueError):
+    """A compute budget that is not a number of tiles (0 or more)."""

@@ -18,6 +18,7 @@ from titiler.core.errors import DEFAULT_STATUS_CODES
 
 from iou_maps.errors import (
     BadBBox,
+    BadBudget,
     BadTileFormat,
     BadTileSize,
     CacheUnavailable,
@@ -79,6 +80,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     BadTileFormat: 422,
     InvalidModelName: 422,
     UnknownMetric: 422,
+    BadBudget: 422,
     TrainingDataError: 422,
     # The server's own files and services, not the request: the operator's to fix.
     ModelNotFound: 503,

@@ -13,11 +13,11 @@ import pytest
 import redis
 from distributed import Client, LocalCluster
 
+from iou_maps.compute.aggregate import uncached
 from iou_maps.compute.cluster import BLOCK_LEVELS, blocks_of, precompute_on_cluster
 from iou_maps.compute.computers import LocalComputer, ProcessComputer
 from iou_maps.compute.engine import MetricEngine
 from iou_maps.compute.metric_store import MetricStore, unpack
-from iou_maps.compute.aggregate import uncached
 from iou_maps.compute.precompute import precompute, storm_tiles
 from iou_maps.config import Settings
 from iou_maps.storms.catalog import Catalog
