@@ -174,8 +174,11 @@ class Sources:
         for c, ks in kids.items():
             vals = [v for k in ks if k in cached and (v := cached[k].values) is not None]
             if vals:
+                stacked = np.stack(vals)
+                known = ~np.isnan(stacked)
+                # np.nanmean's sum / count, without its warning where no child is known (NaN).
                 with np.errstate(invalid="ignore"):
-                    mean = np.nanmean(np.stack(vals), axis=0)
+                    mean = np.where(known, stacked, 0).sum(axis=0) / known.sum(axis=0)
                 entries[c] = Entry(mean.astype(np.float32), len(vals))
             if any(k not in cached for k in ks):
                 missing += 1  # partly known at best
