@@ -40,11 +40,6 @@ def cli_env(data: ServedData, redis_url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def bigger_data(tmp_path_factory: pytest.TempPathFactory) -> ServedData:
-    return make_served_data(tmp_path_factory.mktemp("precompute"), scenes=6, size=1024, seed=5)
-
-
 def test_full_fill_then_every_tile_and_point_without_inference(served_data, redis_url) -> None:
     client = redis.Redis.from_url(redis_url)
     summary = precompute(engine_for(served_data, client), served_data.storm, batch_size=5)
