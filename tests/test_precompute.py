@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from iou_maps.models.registry import load_regressor_model
 from iou_maps.storms.catalog import Catalog
 from iou_maps.storms.grid import tiles_intersecting
 
-from .conftest import ServedData, make_served_data
+from .conftest import ServedData
 
 
 def engine_for(data: ServedData, client: redis.Redis | None, budget: int = 64) -> MetricEngine:
@@ -124,10 +125,14 @@ def test_sigkill_then_resume_loses_and_recomputes_nothing(bigger_data, redis_url
     assert stored() == total
 
 
-def test_corrupt_scene_counts_as_failed_and_the_rest_is_stored(tmp_path, redis_url) -> None:
-    data = make_served_data(tmp_path, scenes=4, size=512, seed=11)
+def test_corrupt_scene_counts_as_failed_and_the_rest_is_stored(
+    served_data, tmp_path, redis_url
+) -> None:
+    data = ServedData(tmp_path / "data", served_data.source_dir)  # a copy: one scene corrupted
+    shutil.copytree(served_data.data_dir, data.data_dir, ignore=shutil.ignore_patterns("redis"))
     storm = Catalog(data.data_dir).storm(data.storm)
     bad = Path(storm.footprints.iloc[0]["path"])
+    assert bad.is_relative_to(data.data_dir)  # the shared data stays whole
     raw = bad.read_bytes()
     bad.write_bytes(raw[:2048] + b"\xde\xad" * ((len(raw) - 2048) // 2))  # header ok, data junk
     res = subprocess.run(
