@@ -1,13 +1,17 @@
-"""Shared fixtures: a private real Redis server, and a small synthetic storm ingested once."""
+"""Shared fixtures, each built once per session: a private real Redis server, small synthetic
+storms ingested with a tiny real model, and the evaluation table of the test storm."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import geopandas as gpd
+import psutil
 import pytest
 import redis
 
@@ -83,6 +87,17 @@ def redis_url(redis_server: RedisProcess) -> str:
     return redis_server.url
 
 
+def worker_processes() -> set[int]:
+    """The pids of this process's multiprocessing ``spawn`` children (model worker processes),
+    seen from outside, as ``ps`` would."""
+    pids = set()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):  # it may have exited meanwhile
+            if any("spawn_main" in arg for arg in child.cmdline()):
+                pids.add(child.pid)
+    return pids
+
+
 # --------------------------------------------------------------------------- storm + models
 
 
@@ -139,3 +154,44 @@ def make_served_data(root: Path, scenes: int = 4, size: int = 512, seed: int = 3
 def served_data(tmp_path_factory: pytest.TempPathFactory) -> ServedData:
     """Built once per test session; tests must not modify it (copy it if they need to)."""
     return make_served_data(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="session")
+def bigger_data(tmp_path_factory: pytest.TempPathFactory) -> ServedData:
+    """More and larger scenes than ``served_data``: enough analysis tiles for several batches,
+    blocks and workers (precompute, cluster). Read-only, like ``served_data``."""
+    return make_served_data(tmp_path_factory.mktemp("bigger"), scenes=6, size=1024, seed=5)
+
+
+#: The storm without label rasters in ``with_bare``.
+BARE = "bare"
+
+
+@pytest.fixture(scope="session")
+def with_bare(served_data: ServedData, tmp_path_factory: pytest.TempPathFactory) -> ServedData:
+    """A copy of the test data with a second storm, ``BARE``, whose scenes have no labels.
+    Read-only: a test that adds to it works on its own copy."""
+    from iou_maps.storms.catalog import Catalog, ingest
+
+    root = tmp_path_factory.mktemp("bare")
+    data = ServedData(root / "data", root / "source")
+    shutil.copytree(served_data.data_dir / "models", data.data_dir / "models")
+    shutil.copytree(served_data.data_dir / "storms", data.data_dir / "storms")
+    shutil.copytree(served_data.source_dir, data.source_dir)
+    for label in data.source_dir.rglob("*_label.*"):
+        label.unlink()
+    report = ingest(data.data_dir, BARE, [data.source_dir])
+    assert report.ingested and not Catalog(data.data_dir).storm(BARE).has_labels
+    return data
+
+
+@pytest.fixture(scope="session")
+def table(served_data: ServedData) -> gpd.GeoDataFrame:
+    """`evaluate`'s table of the test storm (the true values' reference)."""
+    from iou_maps.models.pipeline import evaluate_storm
+    from iou_maps.models.registry import load_segmentation_model
+    from iou_maps.storms.catalog import Catalog
+
+    storm = Catalog(served_data.data_dir).storm(served_data.storm)
+    seg = load_segmentation_model(served_data.data_dir, served_data.model)
+    return evaluate_storm(storm, seg, 18).table

@@ -53,7 +53,7 @@ from iou_maps.layers.registry import Source
 from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, ServiceProcess
 
-from .test_truth import BARE, with_bare  # noqa: F401 (fixture)
+from .conftest import BARE, worker_processes
 
 STORM = "alpha"
 
@@ -118,6 +118,7 @@ def source_exports(exports, settings, tmp_path_factory) -> dict[str, object]:
         cwd=REPO, env=cli_env(settings), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert cold.returncode == 0, cold.stderr[-3000:]
+    workers_before = worker_processes()
     engine = open_export_engine(settings)
     try:
         result: dict[str, object] = {"dir": out, "cold_stdout": cold.stdout}
@@ -132,10 +133,9 @@ def source_exports(exports, settings, tmp_path_factory) -> dict[str, object]:
             ExportOptions(pixels_per_tile=256),
         )  # fmt: skip
         result["model_ids"] = {s.value: engine.sources.source_id(s) for s in Source}
-        result["warm_model_calls"] = (
-            engine.model_calls + engine.sources.channels["true"].flight.model_calls
-        )
-        result["model_process_started"] = engine.computer._pool is not None
+        truth = engine.sources.channels["true"]
+        result["warm_model_calls"] = engine.model_calls + truth.flight.model_calls
+        result["model_process_started"] = worker_processes() != workers_before
     finally:
         engine.close()
     return result
@@ -241,6 +241,7 @@ def test_export_from_a_warm_cache_makes_no_model_call(settings, exports, tmp_pat
     key = f"iou-counters:{exports['model_id']}"
     counters_before = redis_server.client().hgetall(key)
     assert int(counters_before[b"model_calls"]) > 0  # the cold export's
+    workers_before = worker_processes()
     engine = open_export_engine(settings)
     try:
         summary = export_storm(
@@ -250,7 +251,7 @@ def test_export_from_a_warm_cache_makes_no_model_call(settings, exports, tmp_pat
         assert summary.fill.computed == 0 and summary.fill.model_calls == 0
         assert summary.fill.already_cached == summary.fill.total > 0
         assert engine.model_calls == 0 and engine.tiles_computed == 0
-        assert engine.computer._pool is None  # no model process was even started
+        assert worker_processes() == workers_before  # no model process was even started
     finally:
         engine.close()
     assert summary.tiles > 0
@@ -370,7 +371,7 @@ def test_cog_overviews_are_the_services_aggregated_tiles(
     assert valid and not errors
     with rasterio.open(path) as ds:
         overviews = ds.overviews(1)
-        origin = ~ds.transform * (ds.bounds.left, ds.bounds.top)
+        origin = ~ds.transform @ (ds.bounds.left, ds.bounds.top)
         assert origin == (0, 0)
     assert overviews == [2, 4]  # 12 analysis tiles at 256 px: two levels above the blocks
     ppt = 256
@@ -534,7 +535,7 @@ def test_export_rejects_bad_options_naming_them(settings, tmp_path):
 
 @pytest.mark.parametrize(("source", "fmt"), [("true", "pmtiles"), ("error", "cog")])
 def test_export_of_true_values_without_labels_says_why(
-    with_bare,  # noqa: F811
+    with_bare,
     settings,
     tmp_path,
     source,

@@ -93,11 +93,15 @@ def test_open_scenes_reuses_bounded_handles(served_data, tmp_path: Path) -> None
         assert again is first  # reused, not reopened
     with pool.open(paths[0]) as a, pool.open(paths[0]) as b:
         assert a is not b  # one user at a time per handle
+    handles = []
     for p in paths[1:4]:
-        with pool.open(p):
-            pass
-    assert sum(len(h) for h in pool._idle.values()) == 2  # the oldest were closed
-    assert first.closed
+        with pool.open(p) as handle:
+            handles.append(handle)
+    # Two idle handles are kept: the oldest were closed, the two newest are handed out again.
+    assert first.closed and handles[0].closed
+    assert not handles[1].closed and not handles[2].closed
+    with pool.open(paths[2]) as again2, pool.open(paths[3]) as again3:
+        assert again2 is handles[1] and again3 is handles[2]
 
     # A file replaced on disk (a re-ingest) is opened anew, never read through a stale handle.
     copy = tmp_path / "scene.tif"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from iou_maps.models.registry import load_regressor_model
 from iou_maps.storms.catalog import Catalog
 from iou_maps.storms.grid import tiles_intersecting
 
-from .conftest import ServedData, make_served_data
+from .conftest import ServedData
 
 
 def engine_for(data: ServedData, client: redis.Redis | None, budget: int = 64) -> MetricEngine:
@@ -38,11 +39,6 @@ def cli_env(data: ServedData, redis_url: str) -> dict[str, str]:
         "IOU_MAPS_DATA_DIR": str(data.data_dir),
         "IOU_MAPS_MODEL": data.model,
     }
-
-
-@pytest.fixture(scope="module")
-def bigger_data(tmp_path_factory: pytest.TempPathFactory) -> ServedData:
-    return make_served_data(tmp_path_factory.mktemp("precompute"), scenes=6, size=1024, seed=5)
 
 
 def test_full_fill_then_every_tile_and_point_without_inference(served_data, redis_url) -> None:
@@ -129,10 +125,14 @@ def test_sigkill_then_resume_loses_and_recomputes_nothing(bigger_data, redis_url
     assert stored() == total
 
 
-def test_corrupt_scene_counts_as_failed_and_the_rest_is_stored(tmp_path, redis_url) -> None:
-    data = make_served_data(tmp_path, scenes=4, size=512, seed=11)
+def test_corrupt_scene_counts_as_failed_and_the_rest_is_stored(
+    served_data, tmp_path, redis_url
+) -> None:
+    data = ServedData(tmp_path / "data", served_data.source_dir)  # a copy: one scene corrupted
+    shutil.copytree(served_data.data_dir, data.data_dir, ignore=shutil.ignore_patterns("redis"))
     storm = Catalog(data.data_dir).storm(data.storm)
     bad = Path(storm.footprints.iloc[0]["path"])
+    assert bad.is_relative_to(data.data_dir)  # the shared data stays whole
     raw = bad.read_bytes()
     bad.write_bytes(raw[:2048] + b"\xde\xad" * ((len(raw) - 2048) // 2))  # header ok, data junk
     res = subprocess.run(

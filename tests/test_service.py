@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,16 +63,29 @@ def health(client: httpx.Client) -> dict:
 # --------------------------------------------------------------------------- catalog, health
 
 
-def test_healthz(client):
-    body = health(client)
-    assert body["status"] == "ok" and body["redis"] is True
-    assert set(body) == {
+def test_healthz_counts_what_a_request_computed(client, center):
+    before = health(client)
+    assert before["status"] == "ok" and before["redis"] is True
+    assert set(before) == {
         "status", "redis", "model_id", "model_calls", "tiles_computed", "model_calls_all",
         "tiles_computed_all", "compute_queued",
     }  # fmt: skip
-    # Every process's counts (from Redis) include this one's.
-    assert body["model_calls_all"] >= body["model_calls"] >= 0
-    assert body["tiles_computed_all"] >= body["tiles_computed"] >= 0
+    t = mercantile.tile(*center, 17)  # 4 analysis tiles, computed by this request
+    r = client.get(tile_url("metric", t.z, t.x, t.y, "png"))
+    assert r.status_code == 200
+    computed = int(r.headers["x-iou-computed"])
+    assert computed > 0
+    # This process's counts at once; every process's (in Redis) once the values are stored.
+    deadline = time.monotonic() + 60
+    while (after := health(client))["tiles_computed_all"] < before["tiles_computed_all"] + computed:
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
+    assert after["tiles_computed"] == before["tiles_computed"] + computed
+    assert after["tiles_computed_all"] == before["tiles_computed_all"] + computed
+    assert after["model_calls"] > before["model_calls"]
+    assert after["model_calls_all"] - before["model_calls_all"] == (
+        after["model_calls"] - before["model_calls"]
+    )
 
 
 def test_storm_list_and_detail(client, storm):
@@ -136,8 +150,9 @@ def test_metric_formats_and_headers(client, center):
     assert png.headers["content-type"] == "image/png"
     assert png.headers["x-iou-model"] == model_id
     assert png.headers["x-iou-cache"] == "ok"
-    for h in ("x-iou-missing", "x-iou-cached", "x-iou-computed"):
-        assert int(png.headers[h]) >= 0
+    # The tile's analysis tiles: each cached or computed (none left missing at this zoom).
+    assert png.headers["x-iou-missing"] == "0"
+    assert int(png.headers["x-iou-cached"]) + int(png.headers["x-iou-computed"]) > 0
     rgba = np.asarray(Image.open(io.BytesIO(png.content)).convert("RGBA"))
 
     webp = client.get(tile_url("metric", t.z, t.x, t.y, "webp"))

@@ -19,13 +19,14 @@ from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import Catalog
 from service.testing import ServiceProcess
 
-from .test_truth import BARE, STEP, table, table_tiles, with_bare  # noqa: F401 (fixtures)
+from .conftest import BARE
+from .test_truth import STEP, table_tiles
 
 STORM = "alpha"
 
 
 @pytest.fixture(scope="module")
-def service(with_bare, redis_server, tmp_path_factory) -> Iterator[ServiceProcess]:  # noqa: F811
+def service(with_bare, redis_server, tmp_path_factory) -> Iterator[ServiceProcess]:
     redis_server.client().flushdb()
     log = tmp_path_factory.mktemp("sources") / "service.log"
     with ServiceProcess(with_bare.data_dir, redis_server.url, log_path=log) as proc:
@@ -53,7 +54,7 @@ def cell(values: np.ndarray, parent: Tile, t: Tile) -> float:
     return float(values[(t.y - (parent.y << levels)) * k, (t.x - (parent.x << levels)) * k])
 
 
-def test_true_tiles_are_the_evaluate_table(client, table) -> None:  # noqa: F811
+def test_true_tiles_are_the_evaluate_table(client, table) -> None:
     tiles = table_tiles(table)
     for m in METRICS:
         drawn: dict[Tile, np.ndarray] = {}
@@ -69,7 +70,7 @@ def test_true_tiles_are_the_evaluate_table(client, table) -> None:  # noqa: F811
                 assert got == pytest.approx(want, abs=STEP), (m, t)
 
 
-def test_error_tiles_are_predicted_minus_true(client, table) -> None:  # noqa: F811
+def test_error_tiles_are_predicted_minus_true(client, table) -> None:
     parent = mercantile.parent(table_tiles(table)[0], zoom=17)
     for m in ("miou", "iou_sand", "dice"):
         true = npy(client, parent, m, "true")
@@ -97,7 +98,7 @@ def test_error_tiles_are_predicted_minus_true(client, table) -> None:  # noqa: F
         "point/{lon},{lat}",
     ],
 )
-def test_a_storm_without_labels_says_so(client, with_bare, source, path) -> None:  # noqa: F811
+def test_a_storm_without_labels_says_so(client, with_bare, source, path) -> None:
     storm = Catalog(with_bare.data_dir).storm(BARE)
     c = storm.coverage.representative_point()
     t = mercantile.tile(c.x, c.y, 18)
@@ -116,7 +117,7 @@ def test_storm_info_names_its_sources(client) -> None:
     assert any(link["rel"] == "summary" for link in info[STORM]["links"])
 
 
-def test_point_puts_predicted_and_true_side_by_side(client, table) -> None:  # noqa: F811
+def test_point_puts_predicted_and_true_side_by_side(client, table) -> None:
     t = table_tiles(table)[0]
     w, s, e, n = mercantile.bounds(t)
     lon, lat = (w + e) / 2, (s + n) / 2
@@ -140,7 +141,7 @@ def test_point_puts_predicted_and_true_side_by_side(client, table) -> None:  # n
         assert other.json()["metrics"] == body[source] and other.json()["from_cache"]
 
 
-def test_point_where_a_tile_has_too_few_labels(client, with_bare, table) -> None:  # noqa: F811
+def test_point_where_a_tile_has_too_few_labels(client, with_bare, table) -> None:
     # A tile with imagery but left out of `evaluate` (less than a quarter of it labelled).
     storm = Catalog(with_bare.data_dir).storm(STORM)
     evaluated = set(table_tiles(table))
@@ -181,12 +182,18 @@ def test_tilejson_and_wmts_of_each_source(client) -> None:
     assert r.status_code == 422 and "source" in str(r.json()["detail"])
 
 
-def test_summary(client, table) -> None:  # noqa: F811
-    # Both kinds of values of the table's tiles (stored behind the answers: wait for them).
-    parent = mercantile.parent(table_tiles(table)[0], zoom=16)
-    npy(client, parent, "miou", "error")
+def test_summary(client, table) -> None:
+    # Both kinds of values of every table tile, by point lookups (stored behind the answers:
+    # wait for them); the summary's MAE is the mean of the lookups' absolute errors.
+    errors = []
+    for t in table_tiles(table):
+        w, s, e, n = mercantile.bounds(t)
+        err = client.get(f"/storms/{STORM}/point/{(w + e) / 2},{(s + n) / 2}").json()["error"]
+        if err["miou"] is not None:
+            errors.append(abs(err["miou"]))
+    assert errors
     deadline = time.monotonic() + 60
-    while (body := client.get(f"/storms/{STORM}/summary").json())["tiles"]["compared"] == 0:
+    while (body := client.get(f"/storms/{STORM}/summary").json())["tiles"]["compared"] < len(table):
         assert time.monotonic() < deadline, body
         time.sleep(0.1)
     tiles = body["tiles"]
@@ -195,7 +202,8 @@ def test_summary(client, table) -> None:  # noqa: F811
     assert sum(b["count"] for b in body["miou_histogram"]) == tiles["with_imagery"]
     assert [b["min"] for b in body["miou_histogram"]][:2] == [0.0, 0.1]
     assert body["accuracy"]["miou"]["n"] == tiles["compared"]
-    assert body["accuracy"]["miou"]["mae"] >= 0
+    assert body["accuracy"]["miou"]["n"] == len(errors)
+    assert body["accuracy"]["miou"]["mae"] == pytest.approx(np.mean(errors), abs=1e-5)
     bare = client.get(f"/storms/{BARE}/summary").json()
     assert bare["accuracy"] is None and bare["tiles"]["labelled"] == 0
     assert client.get("/storms/nosuch/summary").status_code == 404

@@ -147,10 +147,11 @@ def train_regressor(
         )  # fmt: skip
         epochs_run.append(len(history.history["loss"]))
         val_losses.append(float(np.min(history.history["val_loss"])))
-    pred_val = np.mean([head_of(model, k).predict(f_val, verbose=0) for k in range(heads)], 0)
+    # Called, not .predict(): predict traces a new tf.function per head model (TF warns).
+    pred_val = np.mean([head_of(model, k)(f_val, training=False).numpy() for k in range(heads)], 0)
     if kind == "softmax":  # scored as served (Regressor.predict)
         presence = [
-            head_of(model, k, presence=True).predict(f_val, verbose=0) for k in range(heads)
+            head_of(model, k, presence=True)(f_val, training=False).numpy() for k in range(heads)
         ]
         pred_val = resolve_classes(pred_val, np.mean(presence, 0), f_val[:, : NMETRICS - 2])
     baseline = np.nanmean(targets[train], axis=0)

@@ -156,8 +156,10 @@ def train_segmentation(
         keras.callbacks.LearningRateScheduler(lambda epoch, lr: cfg.lr_at_epoch(epoch))
     ]
     cbs.extend(callbacks or [])
+    # shuffle=False: train_ds shuffles itself (keras warns otherwise)
     hist = model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=verbose
-    )
+        train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=verbose,
+        shuffle=False,
+    )  # fmt: skip
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return SegmentationModel(cfg, model), history
