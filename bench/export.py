@@ -50,7 +50,7 @@ def main() -> None:
     from iou_maps.config import Settings
     from iou_maps.exports.filling import open_export_engine
     from iou_maps.exports.formats import export_storm
-    from iou_maps.exports.layers import MetricLayer
+    from iou_maps.exports.maps import MetricMap
     from iou_maps.models.classes import METRICS
     from iou_maps.models.registry import regressor_dir
     from iou_maps.storms.catalog import Catalog
@@ -74,7 +74,7 @@ def main() -> None:
         for i in range(0, len(tiles), 4096):
             store.set_many("big", {t: Entry(values[j], 1) for j, t in
                                    enumerate(tiles[i : i + 4096], start=i)})  # fmt: skip
-        layer = MetricLayer("big", "miou")
+        layer = MetricMap("big", "miou")
         target = out / "big-miou.pmtiles"
         first = export_storm("pmtiles", engine, layer, target)
         log(f"first export: {first.tiles} tiles, aggregates written "

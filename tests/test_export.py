@@ -45,7 +45,7 @@ from iou_maps.errors import (
 )
 from iou_maps.exports.filling import open_export_engine
 from iou_maps.exports.formats import export_storm
-from iou_maps.exports.layers import ImageryLayer, MetricLayer
+from iou_maps.exports.maps import ImageryMap, MetricMap
 from iou_maps.exports.options import ExportOptions
 from iou_maps.exports.stac import offline_validation, validate, write_storm_collection
 from iou_maps.exports.tiles import tiles_at
@@ -87,7 +87,7 @@ def exports(settings, tmp_path_factory) -> dict[str, object]:
     )  # fmt: skip
     assert cold.returncode == 0, cold.stderr[-3000:]
     engine = open_export_engine(settings)
-    layer = MetricLayer(STORM, "miou")
+    layer = MetricMap(STORM, "miou")
     try:
         result: dict[str, object] = {"dir": out, "cold_stdout": cold.stdout}
         result["pmtiles"] = out / "alpha-miou.pmtiles"
@@ -98,7 +98,7 @@ def exports(settings, tmp_path_factory) -> dict[str, object]:
             "cog", engine, layer, out / "alpha-miou-256.tif", ExportOptions(pixels_per_tile=256)
         )
         result["imagery"] = export_storm(
-            "pmtiles", engine, ImageryLayer(STORM), out / "alpha-imagery.pmtiles"
+            "pmtiles", engine, ImageryMap(STORM), out / "alpha-imagery.pmtiles"
         )
         result["model_id"] = engine.model_id
         result["model_calls_after_cold"] = engine.model_calls
@@ -124,9 +124,9 @@ def source_exports(exports, settings, tmp_path_factory) -> dict[str, object]:
         result: dict[str, object] = {"dir": out, "cold_stdout": cold.stdout}
         result["error"] = out / "alpha-miou-error.pmtiles"
         result["true"] = export_storm(
-            "pmtiles", engine, MetricLayer(STORM, "miou", "true"), out / "alpha-miou-true.pmtiles"
+            "pmtiles", engine, MetricMap(STORM, "miou", "true"), out / "alpha-miou-true.pmtiles"
         )
-        error = MetricLayer(STORM, "miou", "error")
+        error = MetricMap(STORM, "miou", "error")
         result["error_cog"] = export_storm("cog", engine, error, out / "alpha-miou-error.tif")
         result["error_cog256"] = export_storm(
             "cog", engine, error, out / "alpha-miou-error-256.tif",
@@ -245,7 +245,7 @@ def test_export_from_a_warm_cache_makes_no_model_call(settings, exports, tmp_pat
     engine = open_export_engine(settings)
     try:
         summary = export_storm(
-            "pmtiles", engine, MetricLayer(STORM, "dice", colormap_name="viridis"),
+            "pmtiles", engine, MetricMap(STORM, "dice", colormap_name="viridis"),
             tmp_path / "dice.pmtiles",
         )  # fmt: skip
         assert summary.fill.computed == 0 and summary.fill.model_calls == 0
@@ -475,13 +475,13 @@ def test_stac_cli_writes_a_valid_collection(exports, settings, tmp_path):
 
 def test_export_rejects_bad_options_naming_them(settings, tmp_path):
     with pytest.raises(ExportError, match="metric 'nope'"):
-        MetricLayer(STORM, "nope")
+        MetricMap(STORM, "nope")
     with pytest.raises(ExportError, match="colormap 'nope'"):
-        MetricLayer(STORM, colormap_name="nope")
+        MetricMap(STORM, colormap_name="nope")
     with pytest.raises(ExportError, match="rescale"):
-        MetricLayer(STORM, rescale=(1.0, 0.0))
+        MetricMap(STORM, rescale=(1.0, 0.0))
     with pytest.raises(ExportError, match="source 'nope'"):
-        MetricLayer(STORM, source="nope")
+        MetricMap(STORM, source="nope")
     runner = CliRunner()
     env = cli_env(settings)
     base = ["export", STORM, "--out", str(tmp_path / "x.pmtiles")]
@@ -503,22 +503,22 @@ def test_export_rejects_bad_options_naming_them(settings, tmp_path):
     assert r.exit_code == 2 and "nosuchstorm" in r.output
     engine = open_export_engine(settings)
     try:
-        layer = MetricLayer(STORM)
+        layer = MetricMap(STORM)
         with pytest.raises(ExportError, match="pixels_per_tile"):
             export_storm("cog", engine, layer, tmp_path / "x.tif", ExportOptions(pixels_per_tile=0))
         with pytest.raises(ExportError, match="minzoom 30 is outside"):
             export_storm(
-                "pmtiles", engine, ImageryLayer(STORM), tmp_path / "x.pmtiles",
+                "pmtiles", engine, ImageryMap(STORM), tmp_path / "x.pmtiles",
                 ExportOptions(tile_format="webp", minzoom=30),
             )  # fmt: skip
         with pytest.raises(UnknownExportFormat, match="'zip'; valid: pmtiles, mbtiles, cog"):
             export_storm("zip", engine, layer, tmp_path / "x.zip")
         with pytest.raises(UnsupportedLayer, match="metric values only"):
-            export_storm("cog", engine, ImageryLayer(STORM), tmp_path / "x.tif")
+            export_storm("cog", engine, ImageryMap(STORM), tmp_path / "x.tif")
         for fmt, layer_, tile_format in (
             ("pmtiles", layer, "npy"),
             ("mbtiles", layer, "jpeg"),
-            ("pmtiles", ImageryLayer(STORM), "npy"),
+            ("pmtiles", ImageryMap(STORM), "npy"),
         ):
             with pytest.raises(BadTileFormat, match=tile_format):
                 export_storm(

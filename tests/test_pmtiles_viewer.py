@@ -30,7 +30,7 @@ from iou_maps.compute.plan import tiles_of
 from iou_maps.config import Settings
 from iou_maps.exports.filling import open_export_engine
 from iou_maps.exports.formats import export_storm
-from iou_maps.exports.layers import MetricLayer
+from iou_maps.exports.maps import MetricMap
 from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, free_port
@@ -71,7 +71,7 @@ def archive(served_data, redis_server, tmp_path_factory) -> Path:
         store.set_many("alpha", entries)
         site = tmp_path_factory.mktemp("site")
         summary = export_storm(
-            "pmtiles", engine, MetricLayer("alpha", "miou"), site / "alpha-miou.pmtiles"
+            "pmtiles", engine, MetricMap("alpha", "miou"), site / "alpha-miou.pmtiles"
         )
         assert summary.fill.model_calls == 0 and summary.tiles > 0
     finally:

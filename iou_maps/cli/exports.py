@@ -33,7 +33,7 @@ from iou_maps.errors import (
 )
 from iou_maps.exports.filling import open_export_engine
 from iou_maps.exports.formats import FORMATS
-from iou_maps.exports.layers import ImageryLayer, MetricLayer
+from iou_maps.exports.maps import ImageryMap, MetricMap
 from iou_maps.exports.options import ExportOptions
 from iou_maps.layers.registry import Source
 from iou_maps.models.classes import METRICS
@@ -125,7 +125,7 @@ def export_cmd(
         pixels_per_tile=pixels_per_tile,
     )  # fmt: skip
     metric_layer = _metric_layer(storm, metric.value, source, colormap, rescale)
-    chosen = ImageryLayer(storm) if layer is ExportLayer.imagery else metric_layer
+    chosen = ImageryMap(storm) if layer is ExportLayer.imagery else metric_layer
     try:
         export_format.check(chosen, options)
     except UnsupportedLayer as exc:
@@ -169,11 +169,11 @@ def export_cmd(
 
 def _metric_layer(
     storm: str, metric: str, source: Source, colormap: str | None, rescale: str | None
-) -> MetricLayer:
+) -> MetricMap:
     """The metric map the options ask for, or a usage error saying what is wrong."""
     span = _parse_range(rescale, "rescale") if rescale is not None else None
     try:
-        return MetricLayer(storm, metric, source.value, colormap or "", span)
+        return MetricMap(storm, metric, source.value, colormap or "", span)
     except ExportError as exc:
         raise typer.BadParameter(str(exc)) from None
 

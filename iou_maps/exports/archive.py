@@ -20,7 +20,7 @@ from iou_maps.compute.plan import FillSummary
 from iou_maps.errors import BadTileFormat, ExportError
 from iou_maps.exports.filling import fill_cache
 from iou_maps.exports.format import ExportFormat
-from iou_maps.exports.layers import ImageryFormat, ImageryLayer, Layer, MetricLayer
+from iou_maps.exports.maps import ImageryFormat, ImageryMap, Map, MetricMap
 from iou_maps.exports.metadata import ArchiveMetadata, imagery_metadata, metric_metadata
 from iou_maps.exports.options import ExportOptions, Progress
 from iou_maps.exports.replace import replacing
@@ -75,9 +75,9 @@ class TileArchiveFormat(ExportFormat):
     def open_archive(self, path: Path) -> AbstractContextManager[TileArchive]:
         """A new, empty archive at ``path`` (a temporary file, moved into place after)."""
 
-    def check(self, layer: Layer, options: ExportOptions) -> None:
+    def check(self, layer: Map, options: ExportOptions) -> None:
         """BadTileFormat if the layer's tiles cannot have ``options.tile_format``."""
-        if isinstance(layer, MetricLayer):
+        if isinstance(layer, MetricMap):
             metric_encoding(options)
         else:
             imagery_encoding(options)
@@ -85,7 +85,7 @@ class TileArchiveFormat(ExportFormat):
     def write(
         self,
         engine: MetricEngine,
-        layer: Layer,
+        layer: Map,
         out: Path,
         options: ExportOptions,
         *,
@@ -94,7 +94,7 @@ class TileArchiveFormat(ExportFormat):
     ) -> ExportSummary:
         """Write the layer's tiles to an archive at ``out``; a metric layer's values are
         filled into the cache first (``fill_cache``)."""
-        if isinstance(layer, MetricLayer):
+        if isinstance(layer, MetricMap):
             report, metadata, tiles = self._metric(engine, layer, options, fill_progress)
         else:
             report, metadata, tiles = self._imagery(engine, layer, options)
@@ -132,7 +132,7 @@ class TileArchiveFormat(ExportFormat):
     @staticmethod
     def _metric(
         engine: MetricEngine,
-        layer: MetricLayer,
+        layer: MetricMap,
         options: ExportOptions,
         fill_progress: Progress | None,
     ) -> tuple[FillSummary, ArchiveMetadata, Tiles]:
@@ -147,7 +147,7 @@ class TileArchiveFormat(ExportFormat):
 
     @staticmethod
     def _imagery(
-        engine: MetricEngine, layer: ImageryLayer, options: ExportOptions
+        engine: MetricEngine, layer: ImageryMap, options: ExportOptions
     ) -> tuple[FillSummary, ArchiveMetadata, Tiles]:
         fmt = imagery_encoding(options)
         storm = engine.storm(layer.storm).storm

@@ -21,7 +21,7 @@ from iou_maps.compute.plan import tiles_of
 from iou_maps.errors import ExportError, UnsupportedLayer
 from iou_maps.exports.filling import fill_cache
 from iou_maps.exports.format import ExportFormat
-from iou_maps.exports.layers import Layer, MetricLayer
+from iou_maps.exports.maps import Map, MetricMap
 from iou_maps.exports.metadata import GENERATOR
 from iou_maps.exports.options import ExportOptions, Progress
 from iou_maps.exports.replace import replacing
@@ -97,9 +97,9 @@ class CogFormat(ExportFormat):
     title = "Cloud-Optimized GeoTIFF"
     holds = "values"
 
-    def check(self, layer: Layer, options: ExportOptions) -> None:
+    def check(self, layer: Map, options: ExportOptions) -> None:
         """UnsupportedLayer for imagery; ExportError for ``pixels_per_tile`` out of range."""
-        if not isinstance(layer, MetricLayer):
+        if not isinstance(layer, MetricMap):
             raise UnsupportedLayer("the COG holds metric values only")
         if not 1 <= options.pixels_per_tile <= 256:
             raise ExportError(f"pixels_per_tile {options.pixels_per_tile} is outside 1..256")
@@ -107,7 +107,7 @@ class CogFormat(ExportFormat):
     def write(
         self,
         engine: MetricEngine,
-        layer: Layer,
+        layer: Map,
         out: Path,
         options: ExportOptions,
         *,
@@ -116,7 +116,7 @@ class CogFormat(ExportFormat):
     ) -> ExportSummary:
         """A COG of the layer's values (``_write_cog``)."""
         self.check(layer, options)
-        assert isinstance(layer, MetricLayer)  # check refuses the others
+        assert isinstance(layer, MetricMap)  # check refuses the others
         return _write_cog(
             engine, layer, out, pixels_per_tile=options.pixels_per_tile,
             fill_progress=fill_progress, progress=progress,
@@ -142,7 +142,7 @@ class CogFormat(ExportFormat):
 
 def _write_cog(
     engine: MetricEngine,
-    layer: MetricLayer,
+    layer: MetricMap,
     out: Path,
     *,
     pixels_per_tile: int = 1,
@@ -210,7 +210,7 @@ def _write_cog(
 
 
 def _write_cells(
-    engine: MetricEngine, layer: MetricLayer, grid: CogGrid, level: int, tile: Tile, dst: Any
+    engine: MetricEngine, layer: MetricMap, grid: CogGrid, level: int, tile: Tile, dst: Any
 ) -> None:
     """The cells of metric tile ``tile`` (at zoom level's zoom - 4) into overview ``level``."""
     from rasterio.windows import Window
@@ -238,7 +238,7 @@ def _write_cells(
     dst.write(pixels, 1, window=Window(c0 * ppt, r0 * ppt, pixels.shape[1], pixels.shape[0]))
 
 
-def _levels_vrt(grid: CogGrid, paths: list[Path], layer: MetricLayer, engine: MetricEngine) -> str:
+def _levels_vrt(grid: CogGrid, paths: list[Path], layer: MetricMap, engine: MetricEngine) -> str:
     """A VRT of the base level whose band lists the other levels as its overviews."""
     height, width = grid.shape(0)
     root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))

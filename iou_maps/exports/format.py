@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from iou_maps.compute.engine import MetricEngine
-from iou_maps.exports.layers import Layer
+from iou_maps.exports.maps import Map
 from iou_maps.exports.options import ExportOptions, Progress
 from iou_maps.exports.summary import ExportSummary
 
@@ -34,7 +34,7 @@ class ExportFormat(ABC):
         return self.suffixes[0]
 
     @abstractmethod
-    def check(self, layer: Layer, options: ExportOptions) -> None:
+    def check(self, layer: Map, options: ExportOptions) -> None:
         """Raise the ExportError ``write`` would for ``layer`` and ``options`` (a layer the
         format cannot hold, an option out of range), before any engine or file is opened."""
 
@@ -42,7 +42,7 @@ class ExportFormat(ABC):
     def write(
         self,
         engine: MetricEngine,
-        layer: Layer,
+        layer: Map,
         out: Path,
         options: ExportOptions,
         *,

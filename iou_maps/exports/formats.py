@@ -11,7 +11,7 @@ from iou_maps.compute.engine import MetricEngine
 from iou_maps.errors import UnknownExportFormat
 from iou_maps.exports.cog import COG
 from iou_maps.exports.format import ExportFormat
-from iou_maps.exports.layers import Layer
+from iou_maps.exports.maps import Map
 from iou_maps.exports.mbtiles import MBTILES
 from iou_maps.exports.options import ExportOptions, Progress
 from iou_maps.exports.pmtiles import PMTILES
@@ -46,7 +46,7 @@ def format_of_file(path: Path) -> ExportFormat | None:
 def export_storm(
     format_name: str,
     engine: MetricEngine,
-    layer: Layer,
+    layer: Map,
     out: Path,
     options: ExportOptions | None = None,
     *,

@@ -12,7 +12,7 @@ from typing import Any
 import mercantile
 
 from iou_maps.compute.engine import MetricEngine
-from iou_maps.exports.layers import ImageryLayer, MetricLayer
+from iou_maps.exports.maps import ImageryMap, MetricMap
 from iou_maps.layers.registry import Source
 from iou_maps.layers.render import legend_stops
 
@@ -89,7 +89,7 @@ class ArchiveMetadata:
 
 def metric_metadata(
     engine: MetricEngine,
-    layer: MetricLayer,
+    layer: MetricMap,
     fmt: str,
     zooms: tuple[int, int],
     attribution: str | None,
@@ -128,7 +128,7 @@ def metric_metadata(
 
 def imagery_metadata(
     engine: MetricEngine,
-    layer: ImageryLayer,
+    layer: ImageryMap,
     fmt: str,
     zooms: tuple[int, int],
     attribution: str | None,

@@ -17,7 +17,7 @@ from pmtiles.tile import zxy_to_tileid
 
 from iou_maps.compute.engine import MetricEngine
 from iou_maps.errors import ExportError
-from iou_maps.exports.layers import ImageryFormat, MetricLayer
+from iou_maps.exports.maps import ImageryFormat, MetricMap
 from iou_maps.layers.registry import Source
 from iou_maps.layers.render import MetricFormat, encode_metric_tile
 from iou_maps.storms.catalog import Storm
@@ -67,14 +67,14 @@ def zoom_range(
 
 def metric_tiles(
     engine: MetricEngine,
-    layer: MetricLayer,
+    layer: MetricMap,
     zooms: tuple[int, int],
     fmt: MetricFormat = MetricFormat.png,
 ) -> Iterator[tuple[Tile, bytes]]:
     """(tile, bytes) of every tile of ``layer`` the service draws at ``zooms``, each zoom in
     PMTiles' order, from the cache alone (``fill_cache`` first). ExportError if a value is
     missing."""
-    # MetricLayer checked the source's name: the engine checks the storm has its values.
+    # MetricMap checked the source's name: the engine checks the storm has its values.
     source = Source(layer.source)
     engine.check_source(layer.storm, source)
     storm = engine.storm(layer.storm).storm

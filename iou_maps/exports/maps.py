@@ -14,7 +14,7 @@ from iou_maps.layers.registry import Source
 from iou_maps.layers.render import default_colormap, default_rescale
 from iou_maps.models.classes import METRICS
 
-__all__ = ["SOURCES", "ImageryFormat", "ImageryLayer", "Layer", "MetricLayer"]
+__all__ = ["SOURCES", "ImageryFormat", "ImageryMap", "Map", "MetricMap"]
 
 #: Where the values of a metric layer come from: the regressor's predictions, the true
 #: metrics of labelled scenes, or their difference (the engine's sources).
@@ -30,7 +30,7 @@ class ImageryFormat(StrEnum):
 
 
 @dataclass(frozen=True)
-class MetricLayer:
+class MetricMap:
     """One metric map of a storm, as the service draws it: ``colormap_name`` and ``rescale``
     left out are the service's defaults for the source (``render.default_colormap``,
     ``render.default_rescale``: a diverging colormap over -0.5..0.5 for ``error``)."""
@@ -79,7 +79,7 @@ class MetricLayer:
 
 
 @dataclass(frozen=True)
-class ImageryLayer:
+class ImageryMap:
     """A storm's imagery, as the service's imagery layer renders it."""
 
     storm: str
@@ -91,4 +91,4 @@ class ImageryLayer:
 
 
 #: Anything an export can hold.
-Layer = MetricLayer | ImageryLayer
+Map = MetricMap | ImageryMap
