@@ -9,7 +9,7 @@ Redis server, ``iou_maps.compute.tile_cache``: it holds re-renderable bytes unde
 call each). A request for a kept tile is answered by ``FastTiles``, a pure ASGI middleware,
 before routing, dependency resolution or any render; a 304 costs no render either.
 
-The epoch is a token in the metric cache (one GET per request): flushing that cache (or
+The epoch is a token in the metric cache (one GET per event loop pass): flushing that cache (or
 losing it) makes a new one, so tiles are drawn again from what is cached then. A re-ingest
 changes the storm version and a new model the model ids: either is a new key, never stale
 bytes. Incomplete tiles (``no-store``), tiles whose values were just computed (their
@@ -19,6 +19,7 @@ cache was unavailable are never kept.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -98,7 +99,6 @@ class TileByteCache:
     def __init__(self, shared: TileCache | None, local_bytes: int = LOCAL_BYTES) -> None:
         self.shared = shared
         self.local: LRUCache[str, TileBytes] = LRUCache(local_bytes, getsizeof=lambda t: t.size)
-        self.hits = 0
 
     def get_local(self, key: str) -> TileBytes | None:
         """The tile kept in this process under ``key``."""
@@ -123,16 +123,28 @@ class TileByteCache:
 
 
 class Epoch:
-    """The metric cache's epoch token (None while that cache is unavailable)."""
+    """The metric cache's epoch token (None while that cache is unavailable).
+
+    Read once per event loop pass: requests whose tasks run in the same pass share one read.
+    Every one of them had reached this process before the read, so a flush that ended before
+    a client sent its request is always seen (the token is forgotten before any later
+    request runs: ``call_soon`` runs after every callback already queued)."""
 
     def __init__(self, client: redis.Redis | None) -> None:
         self.client = client
         self._down_until = 0.0
+        self._token: str | None = None
+
+    def _forget(self) -> None:
+        self._token = None
 
     def current(self) -> str | None:
-        """The token, made anew if the cache lost it (one round trip, two after a flush)."""
+        """The token, made anew if the cache lost it (one round trip, two after a flush);
+        called on the event loop."""
         if self.client is None:
             return "no-cache"  # nothing cached, nothing to flush: values come from the model
+        if self._token is not None:
+            return self._token
         if time.monotonic() < self._down_until:
             return None
         try:
@@ -143,7 +155,9 @@ class Epoch:
         except (redis.RedisError, OSError):
             self._down_until = time.monotonic() + BACKOFF_S
             return None
-        return got.decode() if isinstance(got, bytes) else str(got)
+        self._token = got.decode() if isinstance(got, bytes) else str(got)
+        asyncio.get_running_loop().call_soon(self._forget)
+        return self._token
 
 
 class FastTiles:
@@ -189,7 +203,6 @@ class FastTiles:
             if tile is not None:
                 self.cache.put_local(key, tile)
         if tile is not None:
-            self.cache.hits += 1
             await self.answer(scope, send, tile)
             return
         await self.render(scope, receive, send, key)

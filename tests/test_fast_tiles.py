@@ -5,6 +5,7 @@ through the tile cache's Redis server."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from iou_maps.storms.catalog import Catalog
 from iou_maps.storms.ingest import ingest
-from service.fast_tiles import TileByteCache, TileBytes, kept
+from service.fast_tiles import EPOCH_KEY, Epoch, TileByteCache, TileBytes, kept
 from service.testing import ServiceProcess
 from tests.conftest import RedisProcess, ServedData, tiny_segmentation
 
@@ -219,3 +220,21 @@ def test_the_local_cache_is_bounded_in_bytes():
     assert huge is not None
     cache.put_local("huge", huge)
     assert cache.get_local("huge") is None and cache.get_local("3") is tiles[3]
+
+
+def test_the_epoch_is_read_again_after_each_loop_pass(redis_server):
+    client = redis_server.client()
+
+    async def passes() -> tuple[str | None, ...]:
+        epoch = Epoch(client)
+        first = epoch.current()
+        client.flushdb()  # within the pass that read it: requests of this pass came before
+        same = epoch.current()
+        await asyncio.sleep(0)  # the next pass: requests sent after the flush
+        after = epoch.current()
+        return first, same, after, epoch.current()
+
+    first, same, after, again = asyncio.run(passes())
+    assert first is not None and same == first
+    assert after is not None and after != first and again == after
+    assert client.get(EPOCH_KEY) == after.encode()
