@@ -9,8 +9,9 @@ Redis server, ``iou_maps.compute.tile_cache``: it holds re-renderable bytes unde
 call each). A request for a kept tile is answered by ``FastTiles``, a pure ASGI middleware,
 before routing, dependency resolution or any render; a 304 costs no render either.
 
-The epoch is a token in the metric cache (one GET per event loop pass): flushing that cache (or
-losing it) makes a new one, so tiles are drawn again from what is cached then. A re-ingest
+The epoch is a token in the metric cache (read again only when Redis says it changed):
+flushing that cache (or losing it) makes a new one, so tiles are drawn again from what is
+cached then. A re-ingest
 changes the storm version and a new model the model ids: either is a new key, never stale
 bytes. Incomplete tiles (``no-store``), tiles whose values were just computed (their
 ``X-IoU-Computed`` is not what a repeat request says) and responses drawn while the metric
@@ -30,6 +31,7 @@ from typing import Any
 import redis
 from anyio import to_thread
 from cachetools import LRUCache
+from redis.connection import ConnectionInterface
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,6 +42,8 @@ from service.http_cache import TILE_CACHE_HEADER, HttpCaching, etag_matches
 METRIC_TILE = re.compile(r"^/storms/([^/]+)/metrics/[^/]+/tiles/[^/]+/\d+/\d+/\d+\.\w+$")
 #: The metric cache's epoch: a new token whenever that cache was flushed or lost.
 EPOCH_KEY = "iou-maps:tile-bytes-epoch"
+#: Where Redis pushes invalidations for a tracking connection that redirects them (RESP2).
+INVALIDATIONS = "__redis__:invalidate"
 #: Bytes of encoded tiles each API process keeps (about 2,000 PNG tiles of 30 KB).
 LOCAL_BYTES = 64 * 2**20
 #: After a metric cache error, the fast path stands aside this long (no blocking retries).
@@ -65,7 +69,7 @@ class TileBytes:
         return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 64
 
     def shared(self) -> CachedTile:
-        """As the tile cache keeps it (the status in the media type's place for a 204)."""
+        """As the tile cache keeps it (the HTTP status in the media type's field)."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
         return CachedTile(self.body, str(self.status), headers)
 
@@ -125,38 +129,78 @@ class TileByteCache:
 class Epoch:
     """The metric cache's epoch token (None while that cache is unavailable).
 
-    Read once per event loop pass: requests whose tasks run in the same pass share one read.
-    Every one of them had reached this process before the read, so a flush that ended before
-    a client sent its request is always seen (the token is forgotten before any later
-    request runs: ``call_soon`` runs after every callback already queued)."""
+    Read once, then kept until Redis says the key changed: two connections of this process
+    ask it (``CLIENT TRACKING ... BCAST``, redirected to a subscriber), and each request only
+    polls them (no round trip). A flush or a write of the key is pushed to the subscriber as
+    Redis answers the command, before the one who flushed hears back, so a request sent after
+    a flush finds the message waiting. A lost connection counts as a change. Where the server
+    refuses tracking, the token is read once per event loop pass instead (every request of a
+    pass reached this process before the read)."""
 
     def __init__(self, client: redis.Redis | None) -> None:
         self.client = client
         self._down_until = 0.0
         self._token: str | None = None
+        self._tracking = True
+        self._watch: list[ConnectionInterface] = []  # the subscriber, the tracking connection
 
     def _forget(self) -> None:
         self._token = None
 
+    def _watch_key(self, client: redis.Redis) -> None:
+        """Have Redis push any change of the key (or a flush) to a subscriber of ours."""
+        pool = client.connection_pool
+        sub, tracker = pool.make_connection(), pool.make_connection()
+        self._watch = [sub, tracker]
+        sub.send_command("CLIENT", "ID")
+        sub_id = sub.read_response()
+        sub.send_command("SUBSCRIBE", INVALIDATIONS)
+        sub.read_response(push_request=True)  # redis-py reads this answer as a push
+        tracker.send_command(
+            "CLIENT", "TRACKING", "ON", "REDIRECT", sub_id, "BCAST", "PREFIX", EPOCH_KEY
+        )
+        tracker.read_response()
+
+    def _unwatch(self) -> None:
+        for conn in self._watch:
+            conn.disconnect()
+        self._watch = []
+
+    def _changed(self) -> bool:
+        """Whether Redis pushed something (or closed a connection) since the last read."""
+        try:
+            return any(conn.can_read(timeout=0) for conn in self._watch)
+        except (redis.RedisError, OSError):
+            return True
+
     def current(self) -> str | None:
-        """The token, made anew if the cache lost it (one round trip, two after a flush);
-        called on the event loop."""
+        """The token, made anew if the cache lost it; called on the event loop."""
         if self.client is None:
             return "no-cache"  # nothing cached, nothing to flush: values come from the model
-        if self._token is not None:
+        if self._token is not None and not (self._watch and self._changed()):
             return self._token
+        self._token = None
+        self._unwatch()
         if time.monotonic() < self._down_until:
             return None
         try:
+            if self._tracking:
+                try:
+                    self._watch_key(self.client)  # before the read: no change goes unseen
+                except redis.ResponseError:
+                    self._unwatch()
+                    self._tracking = False  # refused (an older or restricted server)
             got = self.client.get(EPOCH_KEY)
             if got is None:
                 self.client.set(EPOCH_KEY, secrets.token_hex(8), nx=True)
                 got = self.client.get(EPOCH_KEY)
         except (redis.RedisError, OSError):
+            self._unwatch()
             self._down_until = time.monotonic() + BACKOFF_S
             return None
         self._token = got.decode() if isinstance(got, bytes) else str(got)
-        asyncio.get_running_loop().call_soon(self._forget)
+        if not self._watch:
+            asyncio.get_running_loop().call_soon(self._forget)
         return self._token
 
 
