@@ -45,6 +45,7 @@ from service.factories.metric_layers import MetricLayerFactory
 from service.factories.metric_tiles import METRIC_HEADERS, METRIC_TILE_PATH, MetricTileFactory
 from service.factories.points import PointFactory
 from service.factories.storms import StormsFactory
+from service.fast_tiles import Epoch, FastTiles, TileByteCache
 from service.http_cache import TILE_CACHE_HEADER, HttpCaching
 from service.params.colormaps import LegendSizeParams, cached_cmap
 from service.params.location import storm_dependency
@@ -173,6 +174,10 @@ def create_app(
 
     add_exception_handlers(app, data_dir)
     openapi.install(app)
+    # Kept complete metric tiles answered before routing (inside CORS: same CORS headers).
+    app.add_middleware(
+        FastTiles, caching=caching, cache=TileByteCache(tile_cache), epoch=Epoch(engine.client)
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

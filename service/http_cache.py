@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -159,21 +159,26 @@ class HttpCaching:
         except Exception:  # invalid or unknown storm, unreadable catalogue: the route says
             return None
 
+    def inputs(self, storm: Storm, path: str, query: Iterable[tuple[str, str]], model: bool) -> str:
+        """What decides a response's bytes, besides the cells of a metric tile (its ETag and
+        the key of its kept bytes, service/fast_tiles.py, hash it)."""
+        return "\x1f".join(
+            (
+                SERVICE_RENDERER,
+                storm.version,
+                # The layers' true and error values depend on the segmentation model too.
+                self.engine.sources.all_ids if model else "-",
+                path,
+                canonical_query(query),
+            )
+        )
+
     def validator(self, request: Request, storm: Storm, kind: Kind, model: bool) -> Validator:
         """The validation state of ``request`` for ``storm``."""
-        parts = [
-            SERVICE_RENDERER,
-            storm.version,
-            # The layers' true and error values depend on the segmentation model too.
-            self.engine.sources.all_ids if model else "-",
-            request.url.path,
-            canonical_query(request.query_params.multi_items()),
-        ]
+        base = self.inputs(storm, request.url.path, request.query_params.multi_items(), model)
         if kind == "metadata":
-            parts.append(str(request.base_url))  # absolute URLs in the document
-        return Validator(
-            "\x1f".join(parts), request.headers.get("if-none-match"), self.cache_control(kind)
-        )
+            base += "\x1f" + str(request.base_url)  # absolute URLs in the document
+        return Validator(base, request.headers.get("if-none-match"), self.cache_control(kind))
 
     def metric_validator(self) -> Callable[..., Awaitable[Validator | None]]:
         """A dependency: the validation state of a metric tile request (its storm resolved

@@ -10,11 +10,13 @@ The tile cache has its own ``maxmemory`` and ``allkeys-lru``: filling it evicts 
 Keys::
 
     iou-tile:<storm>:<catalogue version>:<renderer>:<tms>/<z>/<x>/<y>.<format>[?<query>]
+    iou-tile:<storm>:<catalogue version>:metric:<hash>     (complete metric tiles, see
+                                                            service/fast_tiles.py)
 
 The catalogue version (a hash of the storm's footprints file) changes on a re-ingest that
 changes a scene, so older tiles are never found again (the LRU drops them); the renderer id
 changes with the versions of the code that encodes tiles. A value is a hash of the tile's
-bytes (``b``), media type (``t``) and headers (``h``, JSON).
+bytes (``b``), media type (``t``; a metric tile's HTTP status) and headers (``h``, JSON).
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ def tile_key(
     renderer = hashlib.blake2b(RENDERER.encode(), digest_size=6).hexdigest()
     key = f"{KEY_PREFIX}:{storm_name}:{version}:{renderer}:{tms}/{z}/{x}/{y}.{fmt}"
     return f"{key}?{query}" if query else key
+
+
+def metric_tile_key(storm_name: str, version: str, digest: str) -> str:
+    """The cache key of a rendered metric tile (``digest``: a hash of everything that decides
+    its bytes, service/fast_tiles.py); the storm's name and version lead, as for imagery."""
+    return f"{KEY_PREFIX}:{storm_name}:{version}:metric:{digest}"
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,7 @@ __all__ = [
     "TileCache",
     "canonical_query",
     "connect_tile_cache",
+    "metric_tile_key",
     "tile_cache_url",
     "tile_key",
 ]
