@@ -29,7 +29,6 @@ from iou_maps.exports.summary import ExportSummary
 from iou_maps.exports.tiles import tiles_at
 from iou_maps.layers.registry import Source
 from iou_maps.layers.render import WEB_MERCATOR
-from iou_maps.models.classes import metric_index
 from iou_maps.storms.mosaic import metric_zoom_range
 
 __all__ = ["COG", "COG_BLOCKSIZE", "CogFormat", "CogGrid"]
@@ -164,7 +163,9 @@ def _write_cog(
     from rio_cogeo.profiles import cog_profiles
 
     store_storm = engine.storm(layer.storm).storm
-    report = fill_cache(engine, layer.storm, source=layer.source, progress=fill_progress)
+    report = fill_cache(
+        engine, layer.storm, source=layer.source, progress=fill_progress, metric=layer.metric
+    )
     za = engine.analysis_zoom
     lowest = metric_zoom_range(store_storm, za)[0]
     tiles = tiles_of(store_storm, za)
@@ -222,7 +223,9 @@ def _write_cells(
         )
     if not cells.has_imagery.any():
         return
-    band = np.where(cells.has_imagery, cells.values[:, :, metric_index(layer.metric)], np.nan)
+    band = np.where(
+        cells.has_imagery, cells.values[:, :, engine.classes.metric_index(layer.metric)], np.nan
+    )
     n = band.shape[0]
     ppt = grid.pixels_per_tile
     # Cell (0, 0) of the tile, in this level's cells from the grid's origin.
