@@ -40,7 +40,7 @@ from iou_maps.models.registry import (
     regressor_dir,
     segmentation_dir,
 )
-from iou_maps.models.regressor.files import save_regressor
+from iou_maps.models.regressor.files import load_regressor, model_id_of, save_regressor
 from iou_maps.models.regressor.train import train_regressor
 from iou_maps.models.segmentation.config import SegmentationConfig, demo_config
 from iou_maps.models.segmentation.files import save_segmentation
@@ -324,3 +324,20 @@ def test_cli_refuses_classes_of_another_count(data) -> None:
     assert res.returncode == 2 and "NCLASSES = 2" in res.stderr
     res = cli(data, "evaluate", "two", "--model", "water2", "--classes", "Water,land")
     assert res.returncode == 2 and "URL-safe" in res.stderr
+
+
+def test_a_regressor_saved_before_class_sets_loads_with_its_id(served_data, tmp_path) -> None:
+    demo = load_regressor_model(served_data.data_dir, served_data.model)
+    # Saved without naming classes: the demo's four, recorded as every regressor has them.
+    assert demo.classes == DEMO_CLASSES
+    assert demo.metadata["classes"] == list(DEMO_CLASSES.names)
+    assert demo.metadata["metrics"] == list(DEMO_CLASSES.metrics)
+    # Metadata with no class set at all: the demo's classes, and the id it was saved with.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(regressor_dir(served_data.data_dir, served_data.model), legacy)
+    meta = {k: v for k, v in demo.metadata.items() if k not in ("classes", "metrics")}
+    meta["model_id"] = model_id_of(demo.model, meta)
+    (legacy / "metadata.json").write_text(json.dumps(meta))
+    loaded = load_regressor(legacy, classes=DEMO_CLASSES)
+    assert loaded.classes == DEMO_CLASSES and loaded.model_id == meta["model_id"]
+    assert loaded.predict(np.zeros((1, 256, 256, 3), np.uint8)).shape == (1, 6)

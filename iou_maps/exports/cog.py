@@ -132,6 +132,7 @@ class CogFormat(ExportFormat):
             "storm": tags.get("STORM"),
             "layer": "metric",
             "metric": tags.get("METRIC"),
+            "classes": tags["CLASSES"].split(",") if tags.get("CLASSES") else None,
             "source": tags.get("SOURCE"),
             "model_id": tags.get("MODEL_ID"),
             "analysis_zoom": int(tags.get("ANALYSIS_ZOOM", 0)),
@@ -253,6 +254,7 @@ def _levels_vrt(grid: CogGrid, paths: list[Path], layer: MetricLayer, engine: Me
     for key, value in {
         "STORM": layer.storm,
         "METRIC": layer.metric,
+        "CLASSES": ",".join(engine.classes.names),
         "SOURCE": layer.source,
         "MODEL_ID": engine.sources.source_id(Source(layer.source)),
         "ANALYSIS_ZOOM": str(engine.analysis_zoom),
