@@ -162,8 +162,8 @@ def data(tmp_path_factory) -> ClassData:
     out = ClassData(tmp_path_factory.mktemp("classes"))
     for storm, classes in (("two", "water"), ("five", "buildings")):
         src = out.root / f"src-{storm}"
-        generate_storm(storm, src, scenes=4, seed=5, size=512, classes=classes)
-        assert len(ingest(out.data_dir, storm, [src]).ingested) == 4
+        generate_storm(storm, src, scenes=3, seed=5, size=512, classes=classes)
+        assert len(ingest(out.data_dir, storm, [src]).ingested) == 3
     save_segmentation(tiny_gym_model(2), segmentation_dir(out.data_dir, "water2"))
     table = out.root / "two.parquet"
     res = cli(out, "evaluate", "two", "--model", "water2", "--classes", "water,not_water",
