@@ -51,7 +51,7 @@ def main() -> None:
     from iou_maps.exports.filling import open_export_engine
     from iou_maps.exports.formats import export_storm
     from iou_maps.exports.maps import MetricMap
-    from iou_maps.models.classes import METRICS
+    from iou_maps.models.classes import DEMO_CLASSES
     from iou_maps.models.registry import regressor_dir
     from iou_maps.storms.catalog import Catalog
 
@@ -68,8 +68,8 @@ def main() -> None:
         storm = Catalog(data).storm("big")
         tiles = tiles_of(storm, engine.analysis_zoom)
         miou = smooth_field(tiles)
-        values = np.tile(np.float32(0.5), (len(tiles), len(METRICS)))
-        values[:, METRICS.index("miou")] = miou
+        values = np.tile(np.float32(0.5), (len(tiles), DEMO_CLASSES.nmetrics))
+        values[:, DEMO_CLASSES.metric_index("miou")] = miou
         store = MetricStore(redis.Redis.from_url(url), engine.model_id)
         for i in range(0, len(tiles), 4096):
             store.set_many("big", {t: Entry(values[j], 1) for j, t in

@@ -29,7 +29,7 @@ from _common import (
 )
 
 from iou_maps.cli.demo import ensure_evaluation, ensure_regressor
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.models.pipeline import regressor_training_set
 from iou_maps.models.registry import regressor_dir
 from iou_maps.models.regressor.train import evaluation_scores
@@ -68,9 +68,9 @@ def main() -> None:
             )  # fmt: skip
             for kind, name in (("softmax", "bench"), ("encoder", "bench_encoder"))
         }
-        test = regressor_training_set(Catalog(data), [tables[3]], progress=pr)
+        test = regressor_training_set(Catalog(data), [tables[3]], DEMO_CLASSES, progress=pr)
     train_targets = np.concatenate(
-        [gpd.read_parquet(t)[list(METRICS)].to_numpy(np.float32) for t in head_tables]
+        [gpd.read_parquet(t)[list(DEMO_CLASSES.metrics)].to_numpy(np.float32) for t in head_tables]
     )
     baseline = np.nanmean(train_targets, axis=0)
     print(f"held-out storm seed3: {len(test.images)} tiles")
@@ -79,12 +79,12 @@ def main() -> None:
         pred = np.concatenate(
             [reg.predict(test.images[i : i + 64]) for i in range(0, len(test.images), 64)]
         )
-        scores = evaluation_scores(test.targets, pred, baseline)
+        scores = evaluation_scores(test.targets, pred, baseline, DEMO_CLASSES.metrics)
         name = "bench" if kind == "softmax" else "bench_encoder"
         rate = predict_rate(regressor_dir(data, name), test.images, seconds=a.seconds)
         print(f"\n{kind} regressor (model id {reg.model_id}): {rate:.1f} tiles/s at batch 32")
         print(f"{'metric':16} {'n':>5} {'MAE':>7} {'r':>7} {'baseline MAE':>13}")
-        for metric in METRICS:
+        for metric in DEMO_CLASSES.metrics:
             sc = scores[metric]
             print(
                 f"{metric:16} {sc['n']:5d} {sc['mae']:7.4f} {sc['pearson_r']:7.3f} "

@@ -11,6 +11,7 @@ import argparse
 from _common import OUT, log, pipeline_data_dir, pipeline_segmentation, pipeline_storm, progress
 
 from iou_maps.cli.demo import ensure_evaluation
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.models.evaluation import scene_summary
 
 
@@ -27,7 +28,8 @@ def main() -> None:
         other = pipeline_storm(data, 2, pr)
         table_path = ensure_evaluation(data, "bench", other, seg, 18, progress=pr, log=log)
     table = gpd.read_parquet(table_path)
-    print(scene_summary(table)[["scene", "tiles", "miou_mean", "miou_std"]].to_string(index=False))
+    summary = scene_summary(table, DEMO_CLASSES)
+    print(summary[["scene", "tiles", "miou_mean", "miou_std"]].to_string(index=False))
     print(f"tiles={len(table)} figure={table_path.with_name(table_path.stem + '_examples.png')}")
     print(f"miou_mean={table['miou'].mean():.4f} miou_std={table['miou'].std():.4f}")
 

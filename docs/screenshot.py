@@ -24,7 +24,7 @@ import shapely
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from iou_maps.models.classes import CLASSES  # noqa: E402
+from iou_maps.models.classes import DEMO_CLASSES  # noqa: E402
 from iou_maps.storms.catalog import Catalog  # noqa: E402
 from service.testing import ServiceProcess, open_popup_at  # noqa: E402
 
@@ -45,7 +45,9 @@ def pick_tile(base: str, data_dir: Path, storm: str) -> tuple[float, float]:
             if not body.get("true"):
                 continue
             absent = any(
-                v[f"iou_{c}"] is None for v in (body["predicted"], body["true"]) for c in CLASSES
+                v[f"iou_{c}"] is None
+                for v in (body["predicted"], body["true"])
+                for c in DEMO_CLASSES.names
             )
             err = abs(body["error"]["miou"] or 0.0)
             if absent and (best is None or err > best[0]):

@@ -38,7 +38,6 @@ from iou_maps.errors import BadBBox, BadBudget, ModelNotFound, NoLabels, Unknown
 from iou_maps.layers.base import Layer
 from iou_maps.layers.registry import LAYERS, Source, get_layer
 from iou_maps.layers.summary import StormSummary
-from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import Catalog, Storm
 from iou_maps.storms.grid import tile_polygons
 
@@ -176,7 +175,7 @@ class StormMaps:
         got = self.engine.analysis_values(self.name, tiles, spend if compute else 0, chosen)
         if got.computed:
             self.engine.flush()  # stored before we answer: the service sees them too
-        return _tiles_frame(tiles, got.entries)
+        return _tiles_frame(tiles, got.entries, self.engine.classes.metrics)
 
     def point(self, lon: float, lat: float, *, compute: bool = False) -> PointMetrics:
         """Predicted and (where labelled) true metrics of the analysis tile at ``lon, lat``,
@@ -186,8 +185,8 @@ class StormMaps:
             self.engine.flush()  # stored before we answer, as in ``values``
         return PointMetrics(
             tile=got.tile,
-            predicted=_metrics(got.predicted),
-            true=_metrics(got.true),
+            predicted=_metrics(got.predicted, self.engine.classes.metrics),
+            true=_metrics(got.true, self.engine.classes.metrics),
             labelled=got.labelled,
             missing=got.missing,
         )
@@ -209,8 +208,9 @@ class StormMaps:
         (``iou-maps serve``), for leafmap's ``add_tile_layer``, folium or ipyleaflet;
         UnknownLayer, UnknownMetric for bad names."""
         chosen = get_layer(layer)
-        if metric not in METRICS:
-            raise UnknownMetric(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+        metrics = self.engine.classes.metrics
+        if metric not in metrics:
+            raise UnknownMetric(f"unknown metric {metric!r}; valid: {', '.join(metrics)}")
         path = f"/storms/{self.name}/metrics/{metric}/{TILE_MATRIX_SET}/tilejson.json"
         return f"{base_url.rstrip('/')}{path}?{urlencode({'source': chosen.name})}"
 
@@ -260,9 +260,12 @@ def open_storm(
     return StormMaps(name, open_engine(chosen), chosen)
 
 
-def _tiles_frame(tiles: Sequence[Tile], entries: Mapping[Tile, Entry]) -> gpd.GeoDataFrame:
-    """The rows of ``StormMaps.values``: ``tiles`` with their ``entries`` (absent: MISSING)."""
-    values = np.full((len(tiles), len(METRICS)), np.nan, np.float32)
+def _tiles_frame(
+    tiles: Sequence[Tile], entries: Mapping[Tile, Entry], metrics: Sequence[str]
+) -> gpd.GeoDataFrame:
+    """The rows of ``StormMaps.values``: ``tiles`` with their ``entries`` (absent: MISSING),
+    a column per metric of the model (``metrics``)."""
+    values = np.full((len(tiles), len(metrics)), np.nan, np.float32)
     states = []
     for i, tile in enumerate(tiles):
         entry = entries.get(tile)
@@ -277,7 +280,7 @@ def _tiles_frame(tiles: Sequence[Tile], entries: Mapping[Tile, Entry]) -> gpd.Ge
         axis: np.array([getattr(t, axis) for t in tiles], np.int64) for axis in ("z", "x", "y")
     }
     columns["state"] = states
-    columns.update({metric: values[:, i] for i, metric in enumerate(METRICS)})
+    columns.update({metric: values[:, i] for i, metric in enumerate(metrics)})
     return gpd.GeoDataFrame(columns, geometry=tile_polygons(tiles), crs="EPSG:4326")
 
 
@@ -303,11 +306,11 @@ def _checked_budget(budget: int) -> int:
     return budget
 
 
-def _metrics(entry: Entry | None) -> dict[str, float] | None:
+def _metrics(entry: Entry | None, metrics: Sequence[str]) -> dict[str, float] | None:
     """An entry's values by metric name; None for no entry or the "no value" marker."""
     if entry is None or entry.values is None:
         return None
-    return {metric: float(v) for metric, v in zip(METRICS, entry.values, strict=True)}
+    return {metric: float(v) for metric, v in zip(metrics, entry.values, strict=True)}
 
 
 __all__ = [

@@ -154,7 +154,7 @@ class InvalidModelName(IoUMapsError, ValueError):
 
 
 class UnknownMetric(IoUMapsError, ValueError):
-    """A metric name that is not one of ``iou_maps.models.classes.METRICS``."""
+    """A metric name that is not one of a model's (``ClassSet.metrics``)."""
 
 
 class TrainingDataError(IoUMapsError, ValueError):
@@ -171,3 +171,25 @@ class ModelFilesMissing(IoUMapsError, FileNotFoundError):
 
 class BadBudget(IoUMapsError, ValueError):
     """A compute budget that is not a number of tiles (0 or more)."""
+
+
+# --------------------------------------------------------------------------- class sets
+
+
+class BadClassSet(IoUMapsError, ValueError):
+    """A class set that cannot be: fewer than 2 classes, names repeated or not URL-safe
+    (``[a-z0-9_]+``), or a list of names whose length is not the model's ``NCLASSES``."""
+
+
+class ClassSetMismatch(RegressorError):
+    """A regressor trained for another class set than the segmentation model it names."""
+
+
+class LabelClassError(IoUMapsError, ValueError):
+    """A label raster holding class ids outside the model's classes (and nodata); the message
+    names the file."""
+
+
+class MetricNotInModel(UnknownMetric, LookupError):
+    """A metric the model behind a layer does not have (e.g. ``iou_sand`` of a 2-class
+    model); the message names the valid ones."""

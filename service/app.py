@@ -33,7 +33,6 @@ from iou_maps.compute.tile_cache import TileCache, connect_tile_cache
 from iou_maps.config import Settings
 from iou_maps.layers.registry import Source
 from iou_maps.models import runtime
-from iou_maps.models.classes import METRICS
 from iou_maps.storms.mosaic import StormBackend
 from iou_maps.storms.scenes import SceneReader
 from service import openapi
@@ -166,7 +165,7 @@ def create_app(
             request,
             "index.html",
             {
-                "metrics": METRICS,
+                "metrics": engine.classes.metrics,
                 "sources": [s.value for s in Source],
                 "colormaps": sorted(cached_cmap.list()),
             },

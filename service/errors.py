@@ -19,9 +19,11 @@ from titiler.core.errors import DEFAULT_STATUS_CODES
 from iou_maps.errors import (
     BadBBox,
     BadBudget,
+    BadClassSet,
     BadTileFormat,
     BadTileSize,
     CacheUnavailable,
+    ClassSetMismatch,
     ConfigError,
     CorruptCacheValue,
     ExportError,
@@ -30,7 +32,9 @@ from iou_maps.errors import (
     InvalidStormName,
     InvalidTile,
     IoUMapsError,
+    LabelClassError,
     LayerNotFillable,
+    MetricNotInModel,
     ModelFilesMissing,
     ModelNotFound,
     NoLabels,
@@ -65,6 +69,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     OutsideStorm: 404,
     NoSceneAt: 404,
     NoLabels: 404,  # true/error values of a storm without labels
+    MetricNotInModel: 404,  # a metric the layer's model does not have
     # Bad input of the request.
     InvalidStormName: 422,
     InvalidTile: 422,
@@ -82,12 +87,15 @@ STATUS_CODES: dict[type[Exception], int] = {
     UnknownMetric: 422,
     BadBudget: 422,
     TrainingDataError: 422,
+    BadClassSet: 422,
+    LabelClassError: 422,
     # The server's own files and services, not the request: the operator's to fix.
     ModelNotFound: 503,
     ConfigError: 500,
     ModelFilesMissing: 503,  # the model's files are not where the settings say
     WeightsError: 500,
     RegressorError: 500,
+    ClassSetMismatch: 500,  # the operator paired models of different class sets
     ImageryReadError: 500,
     SceneReadError: 500,
     CacheUnavailable: 500,

@@ -8,7 +8,6 @@ from pydantic import BaseModel, Field
 from titiler.core.models.mapbox import TileJSON
 
 from iou_maps.layers.registry import Source
-from iou_maps.models.classes import METRICS
 
 
 class Link(BaseModel):
@@ -17,6 +16,13 @@ class Link(BaseModel):
     href: str
     rel: str
     title: str | None = None
+
+
+class ClassInfo(BaseModel):
+    """A class of the model: its name (``iou_<name>`` is its IoU layer) and display colour."""
+
+    name: str
+    color: str = Field(description="#rrggbb")
 
 
 class StormInfo(BaseModel):
@@ -36,7 +42,13 @@ class StormInfo(BaseModel):
     )
     scenes: int = Field(description="Number of scenes.")
     labelled_scenes: int = Field(description="Scenes that have a label raster.")
-    metrics: list[str] = Field(default=list(METRICS), description="Metric layers.")
+    metrics: list[str] = Field(
+        description="Metric layers: those of the model's classes (iou_<class>, miou, dice)."
+    )
+    classes: list[ClassInfo] = Field(
+        default_factory=list, description="The model's classes, in class-id order (legend)."
+    )
+    model_id: str = Field(default="", description="The regressor's model id.")
     sources: list[Source] = Field(
         default=[Source.predicted],
         description="Sources of the metric layers (true and error where the storm has labels).",
@@ -75,7 +87,7 @@ class PointMetrics(BaseModel):
     metrics: MetricValues = Field(
         description="Every metric of ``source`` (what its tiles show here): null where "
         "undefined, e.g. a class absent from the tile (absent from label and prediction).",
-        examples=[{m: 0.5 for m in METRICS}],
+        examples=[{"iou_water": 0.5, "iou_sand": None, "miou": 0.5, "dice": 0.6}],
     )
     predicted: MetricValues = Field(description="The regressor's metrics (null: class absent).")
     true: MetricValues | None = Field(
@@ -186,6 +198,9 @@ class MetricTileJSON(TileJSON):
     rescale: tuple[float, float] = (0.0, 1.0)
     legend_stops: list[LegendStop] = Field(default_factory=list)
     model_id: str = Field(description="The id of the model(s) behind the values.")
+    metrics: list[str] = Field(
+        default_factory=list, description="Every metric layer of this model (its classes')."
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -50,6 +50,8 @@ def error_responses(
             if reads_point
             else ("Unknown storm.")
         )
+        if "metric" in path_params:
+            what += " A metric this model does not have (the message names its metrics)."
         if has_source:
             what += " For source=true or error: a storm without labels" + (
                 ", or no true value at this coordinate." if reads_point else "."

@@ -12,7 +12,7 @@ from titiler.core.dependencies import DefaultDependency
 from iou_maps.layers.registry import LAYERS, Source, get_layer
 from iou_maps.layers.render import default_colormap, default_rescale
 from iou_maps.layers.tile_values import PointValues
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import ClassSet
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.mosaic import StormBackend
 from iou_maps.storms.open_storms import LoadedStorm
@@ -61,17 +61,19 @@ def source_rescale(
     return default_rescale(source)
 
 
-def metric_values(values: Any) -> MetricValues:
-    """A metric vector as JSON: null where undefined (NaN)."""
+def metric_values(values: Any, classes: ClassSet) -> MetricValues:
+    """A metric vector of ``classes`` as JSON: null where undefined (NaN)."""
     return {
         m: (None if math.isnan(float(v)) else float(v))
-        for m, v in zip(METRICS, values, strict=True)
+        for m, v in zip(classes.metrics, values, strict=True)
     }
 
 
-def point_sources(got: PointValues) -> dict[Source, MetricValues | None]:
+def point_sources(got: PointValues, classes: ClassSet) -> dict[Source, MetricValues | None]:
     """The metric vector of each layer at a point (None: no value there)."""
     return {
-        Source(name): None if entry is None or entry.values is None else metric_values(entry.values)
+        Source(name): None
+        if entry is None or entry.values is None
+        else metric_values(entry.values, classes)
         for name, entry in got.layers().items()
     }

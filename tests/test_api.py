@@ -28,7 +28,7 @@ from iou_maps.errors import (
     UnknownMetric,
 )
 from iou_maps.layers.registry import LAYERS, get_layer
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.storms.grid import tiles_intersecting
 from iou_maps.storms.ingest import ingest
 from iou_maps.storms.synthetic.generate import generate_storm
@@ -68,7 +68,7 @@ def frame_tiles(frame) -> list[Tile]:
 
 
 def metric_rows(frame) -> np.ndarray:
-    return frame[list(METRICS)].to_numpy()
+    return frame[list(DEMO_CLASSES.metrics)].to_numpy()
 
 
 def test_values_are_the_stored_values_on_the_tiles_polygons(maps, bbox) -> None:
@@ -114,7 +114,7 @@ def test_reading_never_computes_and_compute_stays_within_its_budget(maps, bbox) 
     inside = set(tiles_intersecting(shapely.box(*bbox), maps.analysis_zoom))
     known = {t for t, s in zip(frame_tiles(whole), whole.state, strict=True) if s != MISSING}
     assert known == inside & set(frame_tiles(whole))
-    assert whole.loc[whole.state == MISSING, list(METRICS)].isna().all().all()
+    assert whole.loc[whole.state == MISSING, list(DEMO_CLASSES.metrics)].isna().all().all()
     more = maps.values(compute=True, budget=3)
     known_now = {t for t, s in zip(frame_tiles(more), more.state, strict=True) if s != MISSING}
     assert known < known_now and len(known_now - known) == 3
@@ -131,9 +131,13 @@ def test_point_is_its_tiles_stored_values(maps, bbox) -> None:
     got = maps.point(c.x, c.y)
     assert got.tile == tile and got.labelled and got.missing == 0
     assert got.predicted is not None and got.true is not None
-    for metric, value in zip(METRICS, stored(maps, "true", [tile])[tile].values, strict=True):
+    for metric, value in zip(
+        DEMO_CLASSES.metrics, stored(maps, "true", [tile])[tile].values, strict=True
+    ):
         assert got.true[metric] == pytest.approx(value, nan_ok=True)
-    for metric, value in zip(METRICS, stored(maps, "predicted", [tile])[tile].values, strict=True):
+    for metric, value in zip(
+        DEMO_CLASSES.metrics, stored(maps, "predicted", [tile])[tile].values, strict=True
+    ):
         assert got.predicted[metric] == pytest.approx(value, nan_ok=True)
     w, s, e, n = maps.bounds
     with pytest.raises(OutsideStorm):

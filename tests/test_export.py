@@ -50,6 +50,7 @@ from iou_maps.exports.options import ExportOptions
 from iou_maps.exports.stac import offline_validation, validate, write_storm_collection
 from iou_maps.exports.tiles import tiles_at
 from iou_maps.layers.registry import Source
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, ServiceProcess
 
@@ -424,6 +425,7 @@ def test_stac_collection_of_the_storm_and_its_exports_validates(exports, storm, 
     assert metric.assets["pmtiles"].media_type == "application/vnd.pmtiles"
     assert metric.assets["cog"].extra_fields["proj:code"] == "EPSG:3857"
     assert metric.properties["iou_maps:model_id"] == model
+    assert metric.properties["iou_maps:classes"] == list(DEMO_CLASSES.names)
     assert set(items[f"{STORM}-imagery"].assets) == {"pmtiles"}
     for row in storm.footprints.itertuples():
         scene = items[f"{STORM}-{row.scene_id}"]

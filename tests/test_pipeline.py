@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.models.registry import load_regressor_model, load_segmentation_model, regressor_dir
 from iou_maps.models.segmentation.config import demo_config
 
@@ -48,9 +48,17 @@ def test_cli_pipeline_end_to_end(data, tmp_path) -> None:
     assert res.returncode == 0, res.stderr
     table = gpd.read_parquet(table_path)
     assert len(table) > 5 and table.crs.to_epsg() == 4326
-    for col in ("z", "x", "y", "scene", *METRICS, "label_frac_water", "pred_frac_sand"):
+    for col in (
+        "z",
+        "x",
+        "y",
+        "scene",
+        *DEMO_CLASSES.metrics,
+        "label_frac_water",
+        "pred_frac_sand",
+    ):
         assert col in table.columns
-    vals = table[list(METRICS)].to_numpy()
+    vals = table[list(DEMO_CLASSES.metrics)].to_numpy()
     assert np.all(np.isnan(vals) | ((vals >= 0) & (vals <= 1)))
     assert table["miou"].notna().all()
     summary = pd.read_csv(table_path.with_name("alpha_scenes.csv"))

@@ -31,7 +31,7 @@ from iou_maps.config import Settings
 from iou_maps.exports.filling import open_export_engine
 from iou_maps.exports.formats import export_storm
 from iou_maps.exports.maps import MetricMap
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, free_port
 from tests.test_viewer import ARTIFACTS, CHROMIUM
@@ -65,8 +65,8 @@ def archive(served_data, redis_server, tmp_path_factory) -> Path:
         store = MetricStore(redis_server.client(), engine.model_id)
         entries = {}
         for t in tiles_of(storm, engine.analysis_zoom):
-            values = np.full(len(METRICS), 0.5, np.float32)
-            values[METRICS.index("miou")] = miou_of(t)
+            values = np.full(len(DEMO_CLASSES.metrics), 0.5, np.float32)
+            values[DEMO_CLASSES.metrics.index("miou")] = miou_of(t)
             entries[t] = Entry(values, 1)
         store.set_many("alpha", entries)
         site = tmp_path_factory.mktemp("site")

@@ -116,7 +116,7 @@ def test_sigkill_then_resume_loses_and_recomputes_nothing(bigger_data, redis_url
     # Every stored value is whole.
     for key in client.scan_iter(match=f"iou:*:{bigger_data.storm}:*"):
         for raw in client.hvals(key):
-            unpack(raw)
+            unpack(raw, engine.classes.nmetrics)
 
     summary = precompute(engine, bigger_data.storm, batch_size=8)
     assert summary.already_cached == before

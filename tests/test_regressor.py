@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from iou_maps.errors import RegressorError
-from iou_maps.models.classes import METRICS, NCLASSES, NODATA_LABEL
+from iou_maps.errors import ClassSetMismatch, RegressorError
+from iou_maps.models.classes import DEMO_CLASSES, NODATA_LABEL, ClassSet
 from iou_maps.models.inference_graph import foldable_batch_norms
 from iou_maps.models.metrics import class_fractions
 from iou_maps.models.model_layers import FlipAugmented
@@ -48,7 +48,7 @@ def test_segmentation_is_frozen_and_its_own(seg) -> None:
     model = build_regressor(seg)
     frozen = model.get_layer("segmentation")
     assert not frozen.trainable and frozen.trainable_weights == []
-    assert model.output.shape[-1] == len(METRICS)
+    assert model.output.shape[-1] == len(DEMO_CLASSES.metrics)
     # The segmentation model's weights themselves, not copies: the heads read its output.
     seg_kernel = seg.model.get_layer("encoder_bottleneck").weights[0]
     assert any(w is seg_kernel for w in frozen.weights)
@@ -78,12 +78,12 @@ def test_statistics_see_what_the_segmentation_predicts(chips) -> None:
     holed[:, :, 200:] = 0  # no imagery on the right: left out of every share
     pred = seg.predict(holed)
     pred[:, :, 200:] = NODATA_LABEL
-    expected = class_fractions(pred)
+    expected = class_fractions(pred, DEMO_CLASSES.nclasses)
     assert (np.sort(expected, axis=1)[:, -2] > 0.1).all()  # at least two classes in each chip
     model = build_regressor(seg)
     feats = encode(model, holed)
     assert feats.shape == (len(chips), model.get_layer(FEATURES).output.shape[-1])
-    np.testing.assert_allclose(feats[:, :NCLASSES], expected, atol=2e-3)
+    np.testing.assert_allclose(feats[:, : DEMO_CLASSES.nclasses], expected, atol=2e-3)
     assert np.isfinite(feats).all()
 
 
@@ -97,7 +97,7 @@ def test_output_is_the_average_of_the_heads(seg, chips) -> None:
     per_head = [keras.ops.convert_to_numpy(head_of(model, k)(feats)) for k in range(3)]
     assert not np.allclose(per_head[0], per_head[2])
     np.testing.assert_allclose(model(x), np.mean(per_head, axis=0), atol=1e-6)
-    assert build_regressor(seg, heads=1).output.shape[-1] == len(METRICS)
+    assert build_regressor(seg, heads=1).output.shape[-1] == len(DEMO_CLASSES.metrics)
     with pytest.raises(ValueError, match="heads"):
         build_regressor(seg, heads=0)
 
@@ -111,7 +111,7 @@ def test_round_trip_same_outputs_and_model_id(seg, chips, tmp_path) -> None:
     again = save_regressor(loaded.model, loaded.metadata, tmp_path / "r2")
     assert again.model_id == saved.model_id
     meta = json.loads((tmp_path / "r" / "metadata.json").read_text())
-    assert meta["metrics"] == list(METRICS) and meta["model_id"] == saved.model_id
+    assert meta["metrics"] == list(DEMO_CLASSES.metrics) and meta["model_id"] == saved.model_id
 
 
 def test_changed_weight_changes_the_id(seg, tmp_path) -> None:
@@ -132,8 +132,8 @@ def test_refuses_mismatched_classes_and_tampered_files(seg, tmp_path) -> None:
     (bad / "metadata.json").write_text(json.dumps({**meta, "classes": ["water", "land"]}))
     with pytest.raises(RegressorError, match="classes"):
         load_regressor(bad)
-    with pytest.raises(RegressorError, match="segmentation model has 5"):
-        load_regressor(tmp_path / "r", nclasses=5)
+    with pytest.raises(ClassSetMismatch, match="segmentation model has .*'class4'"):
+        load_regressor(tmp_path / "r", classes=ClassSet.generic(5))
 
     tampered = tmp_path / "tampered"
     shutil.copytree(tmp_path / "r", tampered)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from iou_maps.errors import ConfigError, WeightsError
-from iou_maps.models.classes import NODATA_LABEL, SAND, VEGETATION, WATER
+from iou_maps.models.classes import NODATA_LABEL
 from iou_maps.models.segmentation.config import KNOWN_CONFIG_KEYS, SegmentationConfig, demo_config
 from iou_maps.models.segmentation.files import load_segmentation, load_weights, save_segmentation
 from iou_maps.models.segmentation.model import SegmentationModel, standardize
@@ -22,6 +22,7 @@ from iou_maps.models.segmentation.train import (
     masked_dice_loss,
     train_segmentation,
 )
+from iou_maps.storms.synthetic.world import SAND, VEGETATION, WATER
 
 
 def gym_config(**overrides: object) -> dict:
@@ -127,9 +128,10 @@ def test_unknown_key_is_named():
 
 
 def test_wrong_nclasses_missing_key_and_unknown_model():
-    with pytest.raises(ConfigError, match="NCLASSES is 3 .* expects 4"):
-        SegmentationConfig.from_dict(gym_config(NCLASSES=3))
-    assert SegmentationConfig.from_dict(gym_config(NCLASSES=3), expected_classes=None)
+    with pytest.raises(ConfigError, match="NCLASSES must be >= 2"):
+        SegmentationConfig.from_dict(gym_config(NCLASSES=1))
+    three = SegmentationConfig.from_dict(gym_config(NCLASSES=3))
+    assert three.classes.names == ("class0", "class1", "class2")
     cfg = gym_config()
     del cfg["FILTERS"]
     with pytest.raises(ConfigError, match="missing .*FILTERS"):
@@ -267,7 +269,7 @@ def test_nodata_pixels_do_not_count(loss):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, (2, 8, 8)).astype(np.uint8)
     labels[:, :3] = NODATA_LABEL
-    y_true = encode_labels(labels)
+    y_true = encode_labels(labels, 4)
     assert not y_true[:, :3].any() and (y_true[:, 3:].sum(-1) == 1).all()
     pred = rng.dirichlet(np.ones(4), (2, 8, 8)).astype(np.float32)
     other = pred.copy()

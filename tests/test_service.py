@@ -17,7 +17,7 @@ import rasterio
 import shapely
 from PIL import Image
 
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.storms.catalog import Catalog
 from service.testing import ServiceProcess
 
@@ -270,12 +270,12 @@ def test_point_lookup(client, center):
     assert body["tile"]["z"] == 18 and (body["tile"]["x"], body["tile"]["y"]) == (t.x, t.y)
     b = mercantile.bounds(t)
     assert body["tile"]["bounds"] == pytest.approx([b.west, b.south, b.east, b.north])
-    assert list(body["metrics"]) == list(METRICS)
+    assert list(body["metrics"]) == list(DEMO_CLASSES.metrics)
     assert all(v is None or 0 <= v <= 1 for v in body["metrics"].values())
     assert body["model_id"] == health(client)["model_id"]
     again = client.get(f"/storms/{STORM}/point/{lon},{lat}").json()
     assert again["from_cache"] is True
-    for m in METRICS:
+    for m in DEMO_CLASSES.metrics:
         if body["metrics"][m] is None:
             assert again["metrics"][m] is None
         else:
@@ -323,11 +323,11 @@ def test_invalid_storm_name_422(client, name):
             assert "invalid storm name" in json.dumps(r.json())
 
 
-def test_unknown_metric_and_colormap_422(client, center):
+def test_unknown_metric_404_and_colormap_422(client, center):
     t = mercantile.tile(*center, 18)
     r = client.get(tile_url("metric", t.z, t.x, t.y, "png", metric="accuracy"))
-    assert r.status_code == 422
-    assert all(m in json.dumps(r.json()) for m in METRICS)
+    assert r.status_code == 404  # not a metric of this model: the valid ones are named
+    assert all(m in json.dumps(r.json()) for m in DEMO_CLASSES.metrics)
     r = client.get(tile_url("metric", t.z, t.x, t.y, "png") + "?colormap_name=nope")
     assert r.status_code == 422
     assert "rdylgn" in json.dumps(r.json()) and "viridis" in json.dumps(r.json())

@@ -15,7 +15,7 @@ import pytest
 import shapely
 from mercantile import Tile
 
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.storms.catalog import Catalog
 from service.testing import ServiceProcess
 
@@ -56,7 +56,7 @@ def cell(values: np.ndarray, parent: Tile, t: Tile) -> float:
 
 def test_true_tiles_are_the_evaluate_table(client, table) -> None:
     tiles = table_tiles(table)
-    for m in METRICS:
+    for m in DEMO_CLASSES.metrics:
         drawn: dict[Tile, np.ndarray] = {}
         for t in tiles:
             parent = mercantile.parent(t, zoom=16)
@@ -125,7 +125,7 @@ def test_point_puts_predicted_and_true_side_by_side(client, table) -> None:
     assert body["source"] == "predicted" and body["metrics"] == body["predicted"]
     assert body["labelled"] is True and body["segmentation_id"]
     row = table[(table.x == t.x) & (table.y == t.y)].iloc[0]
-    for m in METRICS:
+    for m in DEMO_CLASSES.metrics:
         p, tr, err = body["predicted"][m], body["true"][m], body["error"][m]
         if np.isnan(row[m]):
             assert tr is None
@@ -134,7 +134,7 @@ def test_point_puts_predicted_and_true_side_by_side(client, table) -> None:
         assert err is None if p is None or tr is None else err == pytest.approx(p - tr, abs=1e-6)
     # The predicted mIoU is the mean of the per-class IoUs it has, as the true one is.
     for values in (body["predicted"], body["true"]):
-        ious = [values[m] for m in METRICS[:4] if values[m] is not None]
+        ious = [values[m] for m in DEMO_CLASSES.metrics[:4] if values[m] is not None]
         assert values["miou"] == pytest.approx(sum(ious) / len(ious), abs=2e-5)
     for source in ("true", "error"):
         other = client.get(f"/storms/{STORM}/point/{lon},{lat}", params={"source": source})

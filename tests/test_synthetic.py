@@ -15,7 +15,7 @@ import rasterio
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 
-from iou_maps.models.classes import NCLASSES, NODATA_LABEL
+from iou_maps.models.classes import DEMO_CLASSES, NODATA_LABEL
 from iou_maps.storms.synthetic.generate import FORMATS, SyntheticStorm, generate_storm
 
 SIZE = 512
@@ -108,7 +108,7 @@ def test_collar_only_outside_the_rotated_frame(storm: SyntheticStorm) -> None:
         lab = read(sc.label_path)[0][0]
         valid = img.any(axis=0)
         assert np.array_equal(valid, lab != NODATA_LABEL)
-        assert set(np.unique(lab)) <= set(range(NCLASSES)) | {NODATA_LABEL}
+        assert set(np.unique(lab)) <= set(range(DEMO_CLASSES.nclasses)) | {NODATA_LABEL}
         # The frame covers size^2 pixels of ground but is rotated inside a larger bounding box.
         assert valid.sum() == pytest.approx(SIZE * SIZE, rel=0.01)
         assert valid.mean() < 0.97
@@ -165,7 +165,7 @@ def test_all_classes_and_difficulty_vary(storm: SyntheticStorm) -> None:
                 contrasts.append(float(grey[r : r + block, c : c + block].std()))
                 px = img[:, r : r + block, c : c + block].reshape(3, -1)
                 flat = lb.ravel()
-                classes = [k for k in range(NCLASSES) if (flat == k).mean() > 0.15]
+                classes = [k for k in range(DEMO_CLASSES.nclasses) if (flat == k).mean() > 0.15]
                 if len(classes) < 2:
                     continue
                 # How far apart the two main classes' colours are, relative to their spread.
@@ -173,7 +173,7 @@ def test_all_classes_and_difficulty_vary(storm: SyntheticStorm) -> None:
                 spread = math.sqrt(m0.var(axis=1).sum() + m1.var(axis=1).sum())
                 dist = float(np.linalg.norm(m0.mean(axis=1) - m1.mean(axis=1)))
                 separations.append(dist / spread)
-    assert present == set(range(NCLASSES)) | {NODATA_LABEL}
+    assert present == set(range(DEMO_CLASSES.nclasses)) | {NODATA_LABEL}
     assert len(separations) >= 10
     # Some places are easy (classes far apart in colour), others hard.
     assert np.percentile(separations, 90) > 3 * np.percentile(separations, 10)
@@ -231,7 +231,7 @@ def test_noaa_jpg_frames_and_corner_csv(noaa: SyntheticStorm, storm: SyntheticSt
         lab = read(sc.label_path)[0][0]
         assert img.shape == (3, SIZE, SIZE) and lab.shape == (SIZE, SIZE)
         assert (img.max(axis=0) > 12).all()  # no collar: the whole camera frame is valid
-        assert set(np.unique(lab)) <= set(range(NCLASSES))
+        assert set(np.unique(lab)) <= set(range(DEMO_CLASSES.nclasses))
 
         lons = [float(row[f"{k}_lon"]) for k in ("ul", "ur", "lr", "ll")]
         lats = [float(row[f"{k}_lat"]) for k in ("ul", "ur", "lr", "ll")]

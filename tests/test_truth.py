@@ -24,7 +24,7 @@ from iou_maps.compute.truth import TRUE_NAMESPACE, SegmentationSource, segmentat
 from iou_maps.errors import NoLabels
 from iou_maps.exports.prediction import predict_table
 from iou_maps.layers.registry import Source
-from iou_maps.models.classes import METRICS, NMETRICS
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.models.pipeline import storm_chips
 from iou_maps.models.registry import (
     load_regressor_model,
@@ -61,7 +61,7 @@ def test_true_values_are_the_evaluate_tables(served_data, table, redis_url) -> N
     engine = engine_for(served_data, client)
     tiles = table_tiles(table)
     assert len(tiles) >= 5
-    expected = table[list(METRICS)].to_numpy(np.float32)
+    expected = table[list(DEMO_CLASSES.metrics)].to_numpy(np.float32)
     got = engine.analysis_values(served_data.storm, tiles, source=Source.true)
     assert got.computed == len(tiles) and not got.missing
     computed = vectors(got.entries, tiles)
@@ -101,7 +101,7 @@ def test_error_is_predicted_minus_true(served_data, table, redis_url) -> None:
     got = vectors(error.entries, tiles)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(diff))
     np.testing.assert_allclose(got, diff, atol=2 * STEP, equal_nan=True)
-    assert np.isfinite(got[:, METRICS.index("miou")]).all()
+    assert np.isfinite(got[:, DEMO_CLASSES.metrics.index("miou")]).all()
     # A tile with no true value has no error either; a tile drawn at a far zoom is the mean
     # absolute error of the analysis tiles under it.
     grid = engine.tile_grid(
@@ -172,7 +172,7 @@ def test_precompute_true_fills_the_true_and_error_layers(served_data, table, red
     with np.errstate(invalid="ignore"):
         mae = np.where(known, abs_err, 0).sum(axis=0) / known.sum(axis=0)
     np.testing.assert_allclose(value, mae, atol=4 * STEP, equal_nan=True)
-    assert np.isfinite(value[METRICS.index("miou")])
+    assert np.isfinite(value[DEMO_CLASSES.metrics.index("miou")])
     # A second run computes nothing.
     again = precompute(fresh, served_data.storm, source=Source.true)
     assert again.computed == 0 and again.already_cached == again.total
@@ -194,10 +194,10 @@ def test_summary_mae_is_the_tables_against_the_predictions(served_data, table, r
     storm = engine.storm(served_data.storm).storm
     reg = load_regressor_model(served_data.data_dir, served_data.model)
     chips = storm_chips(storm, 18, labelled=False, tiles=table_tiles(table))
-    predictions = predict_table(chips, reg.predict, reg.model_id)
+    predictions = predict_table(chips, reg.predict, reg.model_id, reg.classes)
     joined = table.merge(predictions, on=["z", "x", "y"], suffixes=("_true", "_pred"))
     assert len(joined) == len(table)
-    for m in METRICS:
+    for m in DEMO_CLASSES.metrics:
         t, p = joined[f"{m}_true"].to_numpy(), joined[f"{m}_pred"].to_numpy()
         ok = np.isfinite(t) & np.isfinite(p)
         assert summary.accuracy is not None and summary.accuracy[m].n == ok.sum(), m
@@ -263,7 +263,7 @@ def test_resolve_classes_says_which_classes_count() -> None:
     np.testing.assert_allclose(out[:4], [0.8, 0.6, 0.0, np.nan], equal_nan=True)
     # mIoU is the mean over the classes with an IoU; Dice the heads'.
     assert out[4] == pytest.approx((0.8 + 0.6 + 0.0) / 3)
-    assert out[5] == pytest.approx(0.7) and out.shape == (NMETRICS,)
+    assert out[5] == pytest.approx(0.7) and out.shape == (DEMO_CLASSES.nmetrics,)
 
 
 def test_segmentation_id_follows_the_files(served_data, tmp_path) -> None:

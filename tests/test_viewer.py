@@ -13,7 +13,7 @@ import mercantile
 import pytest
 import shapely
 
-from iou_maps.models.classes import CLASSES
+from iou_maps.models.classes import DEMO_CLASSES
 from iou_maps.storms.catalog import Catalog
 from service.testing import REPO, ServiceProcess, open_popup_at
 
@@ -181,7 +181,7 @@ def point_with_absent_class(service) -> tuple[float, float, dict]:
                 continue
             body = client.get(f"/storms/{STORM}/point/{lon},{lat}").json()
             values = [body["predicted"]] + ([body["true"]] if body["true"] else [])
-            if any(v[f"iou_{c}"] is None for v in values for c in CLASSES):
+            if any(v[f"iou_{c}"] is None for v in values for c in DEMO_CLASSES.names):
                 return lon, lat, body
     raise AssertionError("no analysis tile with an absent class")
 
@@ -197,10 +197,10 @@ def test_popup_says_absent_and_agrees_with_itself(page, service):
         for r in page.locator(".metrics-popup tr").all()
         if r.locator("td").count()
     }
-    assert set(rows) == {*CLASSES, "mIoU", "Dice"}
+    assert set(rows) == {*DEMO_CLASSES.names, "mIoU", "Dice"}
     labelled = body["true"] is not None
     assert labelled, "the test storm is labelled everywhere"
-    for c in CLASSES:
+    for c in DEMO_CLASSES.names:
         predicted, true = rows[c][0], rows[c][1]
         # A class without an IoU says "absent", never a number; where it has one, a number.
         assert (predicted == "absent") == (body["predicted"][f"iou_{c}"] is None), (c, rows)
@@ -208,7 +208,7 @@ def test_popup_says_absent_and_agrees_with_itself(page, service):
     assert any("absent" in cells for cells in rows.values())
     # mIoU is the mean of the classes shown with a value, for predicted and true alike.
     for col in (0, 1):
-        shown = [float(rows[c][col]) for c in CLASSES if rows[c][col] != "absent"]
+        shown = [float(rows[c][col]) for c in DEMO_CLASSES.names if rows[c][col] != "absent"]
         assert float(rows["mIoU"][col]) == pytest.approx(sum(shown) / len(shown), abs=2e-3)
     page.screenshot(path=str(ARTIFACTS / "viewer-popup.png"))
     assert not page.outside, f"requests leaving the service: {page.outside[:5]}"

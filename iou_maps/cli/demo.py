@@ -122,7 +122,7 @@ def ensure_regressor(
                 log(f"metric regressor {model!r}: already trained (model id {reg.model_id})")
                 return reg
             log(f"metric regressor {model!r} is of kind {reg.kind!r}, not {kind!r}: retraining")
-    data = regressor_training_set(Catalog(data_dir), tables, progress=progress)
+    data = regressor_training_set(Catalog(data_dir), tables, seg.cfg.classes, progress=progress)
     advance = progress(f"train regressor on {len(data.images)} tiles", None)
     model_, report = train_regressor(
         seg, data.images, data.targets, data.scene_sets, seed=seed, kind=kind

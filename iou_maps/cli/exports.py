@@ -29,6 +29,7 @@ from iou_maps.errors import (
     ModelNotFound,
     NoLabels,
     StacError,
+    UnknownMetric,
     UnsupportedLayer,
 )
 from iou_maps.exports.filling import open_export_engine
@@ -36,7 +37,6 @@ from iou_maps.exports.formats import FORMATS
 from iou_maps.exports.maps import ImageryMap, MetricMap
 from iou_maps.exports.options import ExportOptions
 from iou_maps.layers.registry import Source
-from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import Catalog
 
 #: Export file formats: the registry's (``iou_maps.exports.formats``).
@@ -50,10 +50,6 @@ class ExportLayer(StrEnum):
     imagery = "imagery"
 
 
-MetricName = StrEnum("MetricName", {m: m for m in METRICS})  # type: ignore[misc]
-DEFAULT_METRIC = MetricName("miou")
-
-
 def export_cmd(
     storm: Annotated[str, typer.Argument(help="Storm name.", callback=storm_name)],
     fmt: Annotated[
@@ -61,7 +57,9 @@ def export_cmd(
         typer.Option("--format", help="pmtiles | mbtiles (tile archives) | cog (float values)."),
     ],
     out_file: Annotated[Path, typer.Option("--out", help="File to write (replaced whole).")],
-    metric: Annotated[MetricName, typer.Option(help="Metric layer.")] = DEFAULT_METRIC,
+    metric: Annotated[
+        str, typer.Option(help="Metric layer: iou_<class> of the model's classes, miou or dice.")
+    ] = "miou",
     source: Annotated[
         Source,
         typer.Option(
@@ -124,7 +122,7 @@ def export_cmd(
         tile_format=tile_format, minzoom=minzoom, maxzoom=maxzoom, attribution=attribution,
         pixels_per_tile=pixels_per_tile,
     )  # fmt: skip
-    metric_layer = _metric_layer(storm, metric.value, source, colormap, rescale)
+    metric_layer = _metric_layer(storm, metric, source, colormap, rescale)
     chosen = ImageryMap(storm) if layer is ExportLayer.imagery else metric_layer
     try:
         export_format.check(chosen, options)
@@ -145,7 +143,7 @@ def export_cmd(
             summary = export_format.write(
                 engine, chosen, out_file, options, fill_progress=fill, progress=tiles
             )
-    except (ExportError, NoLabels, ModelNotFound) as exc:
+    except (ExportError, NoLabels, ModelNotFound, UnknownMetric) as exc:
         raise fail(str(exc)) from None
     except (CacheUnavailable, ImageryReadError) as exc:
         raise fail(str(exc), 1) from None

@@ -20,8 +20,10 @@ from iou_maps.cli.output import (
     storm_name,
     storm_or_exit,
 )
-from iou_maps.errors import ModelNotFound, StormNotFound
+from iou_maps.errors import BadClassSet, ModelFilesMissing, ModelNotFound, StormNotFound
 from iou_maps.models import runtime
+from iou_maps.models.classes import ClassSet
+from iou_maps.models.gym_files import find_model_files, model_classes, write_class_names
 from iou_maps.storms.catalog import Catalog
 
 if TYPE_CHECKING:
@@ -36,6 +38,24 @@ class RegressorKind(StrEnum):
 
 
 Epochs = Annotated[int | None, typer.Option(min=1, help="Training epochs (default: config).")]
+ClassNames = Annotated[
+    str | None,
+    typer.Option(
+        "--classes",
+        help="The model's class names in class-id order, comma-separated (e.g. water,sand), "
+        "where its config does not name them: written to classes.txt beside its config.",
+    ),
+]
+
+
+def _class_set(text: str | None) -> ClassSet | None:
+    """The ``--classes`` option's class set (a usage error if the names are not valid)."""
+    if text is None:
+        return None
+    try:
+        return ClassSet.parse(text)
+    except BadClassSet as exc:
+        raise typer.BadParameter(f"--classes: {exc}") from None
 
 
 def _load_seg(data_dir: Path, name: str) -> SegmentationModel:
@@ -43,8 +63,25 @@ def _load_seg(data_dir: Path, name: str) -> SegmentationModel:
 
     try:
         return load_segmentation_model(data_dir, name)
-    except ModelNotFound as exc:
+    except (ModelNotFound, BadClassSet) as exc:
         raise fail(str(exc)) from None
+
+
+def _name_classes(data_dir: Path, name: str, classes: ClassSet) -> None:
+    """Write ``classes`` beside the config of segmentation model ``name`` (a usage error if
+    its config has another class count), reading the config only (no TensorFlow)."""
+    from iou_maps.models.registry import segmentation_dir
+
+    directory = segmentation_dir(data_dir, name)
+    try:
+        config, _ = find_model_files(directory)
+        nclasses = len(model_classes(directory).names)
+        ClassSet.of(classes.names, nclasses, f"--classes for {config}")
+    except ModelFilesMissing as exc:
+        raise fail(str(exc)) from None
+    except BadClassSet as exc:
+        raise typer.BadParameter(str(exc)) from None
+    write_class_names(directory, classes.names)
 
 
 def train_segmentation_cmd(
@@ -55,6 +92,7 @@ def train_segmentation_cmd(
     ] = None,
     epochs: Epochs = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    classes: ClassNames = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train a segmentation_gym-compatible UNet on the storms' labelled analysis tiles."""
@@ -66,11 +104,12 @@ def train_segmentation_cmd(
     validate_model_name(out_name)
     catalog = Catalog(s.data_dir)
     chosen = [storm_or_exit(catalog, storm_name(n)) for n in storms]
+    names = _class_set(classes)
     with progress_bar() as bar:
         try:
             seg, history = train_segmentation_on(
                 chosen, s.analysis_zoom, config=config, epochs=epochs, seed=seed,
-                progress=rich_progress(bar),
+                progress=rich_progress(bar), classes=names,
             )  # fmt: skip
         except ValueError as exc:
             raise fail(str(exc)) from None
@@ -86,6 +125,7 @@ def evaluate(
     out_file: Annotated[Path, typer.Option("--out", help="GeoParquet table to write.")] = Path(
         "evaluation.parquet"
     ),
+    classes: ClassNames = None,
     data_dir: DataDir = None,
 ) -> None:
     """True metrics of the segmentation model on every labelled analysis tile of a storm.
@@ -93,11 +133,14 @@ def evaluate(
     Writes the GeoParquet table, a per-scene summary CSV beside it (``*_scenes.csv``) and the
     "model example output" figure (``*_examples.png``).
     """
+    s = settings(data_dir)
+    st = storm_or_exit(Catalog(s.data_dir), storm)
+    names = _class_set(classes)
+    if names is not None:
+        _name_classes(s.data_dir, model, names)
     runtime.inference_process()
     from iou_maps.models.pipeline import evaluate_storm
 
-    s = settings(data_dir)
-    st = storm_or_exit(Catalog(s.data_dir), storm)
     seg = _load_seg(s.data_dir, model)
     with progress_bar() as bar:
         try:
@@ -125,6 +168,7 @@ def train_regressor_cmd(
             "encoder features (the seed design, ~20x cheaper per tile, less accurate)."
         ),
     ] = RegressorKind.softmax,
+    classes: ClassNames = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train the metric regressor on `evaluate` tables (validation split by scene)."""
@@ -135,13 +179,18 @@ def train_regressor_cmd(
 
     s = settings(data_dir)
     validate_model_name(out_name)
+    names = _class_set(classes)
+    if names is not None:
+        _name_classes(s.data_dir, segmentation, names)
     seg = _load_seg(s.data_dir, segmentation)
     for path in tables:
         if not path.is_file():
             raise fail(f"no such table: {path}")
     with progress_bar() as bar:
         try:
-            data = regressor_training_set(Catalog(s.data_dir), tables, progress=rich_progress(bar))
+            data = regressor_training_set(
+                Catalog(s.data_dir), tables, seg.cfg.classes, progress=rich_progress(bar)
+            )
         except (StormNotFound, ValueError) as exc:
             raise fail(str(exc)) from None
     with console.status(f"training the regressor head on {len(data.images)} tiles"):
@@ -185,7 +234,7 @@ def predict(
     with progress_bar() as bar:
         chips = storm_chips(st, reg.analysis_zoom, labelled=False, progress=rich_progress(bar))
     with console.status(f"predicting {len(chips)} tiles"):
-        table = predict_table(chips, reg.predict, reg.model_id)
+        table = predict_table(chips, reg.predict, reg.model_id, reg.classes)
     paths = write_exports(table, out_file)
     out.print(
         f"{len(table)} tiles, predicted mIoU mean {table['miou'].mean():.3f}; wrote "

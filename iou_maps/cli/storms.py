@@ -38,17 +38,29 @@ def synth(
     ] = "geotiff",
     size: Annotated[int, typer.Option(min=256, help="Scene width/height in pixels.")] = 1536,
     tar: Annotated[bool, typer.Option("--tar", help="Pack each flight into a .tar.")] = False,
+    classes: Annotated[
+        str,
+        typer.Option(
+            help="Class set of the labels: demo (water, sand, vegetation, development), water "
+            "(water, not_water) or buildings (water, sand, vegetation, paved, building)."
+        ),
+    ] = "demo",
 ) -> None:
     """Generate a synthetic NOAA-like post-hurricane storm (scenes + label rasters)."""
+    from iou_maps.storms.synthetic.classes import SYNTHETIC_CLASSES
     from iou_maps.storms.synthetic.generate import FORMATS, generate_storm
 
+    if classes not in SYNTHETIC_CLASSES:
+        raise typer.BadParameter(
+            f"unknown class set {classes!r}; valid: {', '.join(SYNTHETIC_CLASSES)}"
+        )
     if fmt not in FORMATS:
         raise typer.BadParameter(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     with progress_bar() as bar:
         task = bar.add_task(f"synth {storm}", total=scenes, rate="")
         result = generate_storm(
             storm, out_dir, scenes=scenes, seed=seed, fmt=fmt, size=size, tar=tar,
-            progress=lambda n: bar.advance(task, n),
+            progress=lambda n: bar.advance(task, n), classes=classes,
         )  # fmt: skip
     out.print(f"wrote {len(result.scenes)} scenes of storm {storm!r} to {out_dir}")
 
@@ -120,6 +132,7 @@ def _storm_summary(s: Settings, catalog: Catalog, name: str, json_out: bool) -> 
     from iou_maps.compute.metric_store import MetricStore, connect
     from iou_maps.compute.truth import TRUE_NAMESPACE, SegmentationSource
     from iou_maps.layers.summary import summarize
+    from iou_maps.models.classes import class_set_of_metadata
     from iou_maps.models.registry import regressor_metadata, truth_segmentation_dir
 
     st = storm_or_exit(catalog, name)
@@ -129,17 +142,17 @@ def _storm_summary(s: Settings, catalog: Catalog, name: str, json_out: bool) -> 
     except ModelNotFound as exc:
         raise fail(str(exc)) from None
     model_id, zoom = str(meta["model_id"]), int(meta["analysis_zoom"])
+    classes = class_set_of_metadata(meta)
     client = connect(s.redis_url, s.data_dir)
     true_store = segmentation_id = None
     try:
         segmentation_id = SegmentationSource(truth_segmentation_dir(s.data_dir, s.model)).model_id
-        true_store = MetricStore(client, segmentation_id, TRUE_NAMESPACE)
+        true_store = MetricStore(client, segmentation_id, TRUE_NAMESPACE, classes.nmetrics)
     except ModelNotFound:
         pass  # no true values: the summary says so
     try:
-        got = summarize(
-            st, zoom, MetricStore(client, model_id), model_id, true_store, segmentation_id
-        )
+        predicted = MetricStore(client, model_id, nmetrics=classes.nmetrics)
+        got = summarize(st, zoom, predicted, model_id, true_store, segmentation_id, classes=classes)
     except (redis.RedisError, OSError) as exc:
         raise fail(f"Redis is not reachable: {exc}") from None
     if json_out:

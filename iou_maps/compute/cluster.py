@@ -36,6 +36,7 @@ from iou_maps.errors import CacheUnavailable, ModelNotFound, NoLabels
 from iou_maps.layers.base import REGRESSOR, SEGMENTATION, Layer
 from iou_maps.layers.registry import Source, get_layer
 from iou_maps.layers.sources import LayerStores
+from iou_maps.models.classes import class_set_of_metadata
 from iou_maps.models.registry import regressor_metadata, truth_segmentation_dir
 from iou_maps.storms.catalog import Catalog
 from iou_maps.storms.grid import ancestor
@@ -164,7 +165,10 @@ def precompute_on_cluster(
         raise NoLabels(
             f"storm {storm_name!r} has no label rasters: {layer.name} metrics need labels"
         )
-    stores = LayerStores(connect(settings.redis_url, settings.data_dir), model_ids(settings))
+    classes = class_set_of_metadata(regressor_metadata(settings.data_dir, settings.model))
+    stores = LayerStores(
+        connect(settings.redis_url, settings.data_dir), model_ids(settings), classes
+    )
     for step in steps:
         if not step.layer.has_models(stores.ids):
             raise ModelNotFound(f"{step.layer.name} metrics are unavailable: no model for them")

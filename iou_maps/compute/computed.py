@@ -14,6 +14,7 @@ from mercantile import Tile
 
 from iou_maps.compute.metric_store import NO_IMAGERY, Entry, stored
 from iou_maps.errors import ImageryReadError
+from iou_maps.models.classes import ClassSet
 from iou_maps.storms.chips import ChipRead
 
 
@@ -25,8 +26,13 @@ class Predictor(Protocol):
         """The regressor's model id."""
         ...
 
+    @property
+    def classes(self) -> ClassSet:
+        """The class set its metric vectors are about."""
+        ...
+
     def predict(self, chips: np.ndarray) -> np.ndarray:
-        """(N, 256, 256, 3) uint8 → (N, 6) float32."""
+        """(N, 256, 256, 3) uint8 → (N, C + 2) float32."""
         ...
 
 
@@ -74,6 +80,11 @@ class Computer(Protocol):
     @property
     def model_id(self) -> str:
         """The id of the model behind the values (part of their cache keys)."""
+        ...
+
+    @property
+    def classes(self) -> ClassSet:
+        """The class set of the model behind the values (their metrics)."""
         ...
 
     def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:

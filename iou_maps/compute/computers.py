@@ -25,6 +25,12 @@ from mercantile import Tile
 
 from iou_maps.compute.computed import Computed, Predictor, compute_reads
 from iou_maps.errors import ImageryReadError
+from iou_maps.models.classes import ClassSet, class_set_of_metadata
+from iou_maps.models.registry import (
+    load_regressor_model,
+    regressor_metadata,
+    truth_segmentation_dir,
+)
 from iou_maps.storms.chips import ChipRead, ChipReader
 from iou_maps.storms.mosaic import StormBackend
 from iou_maps.storms.open_storms import OpenStorms
@@ -51,6 +57,11 @@ class LocalComputer:
     def model_id(self) -> str:
         """The regressor's model id (part of every cache key)."""
         return self.predictor.model_id
+
+    @property
+    def classes(self) -> ClassSet:
+        """The regressor's class set."""
+        return self.predictor.classes
 
     def infer(self, chips: np.ndarray) -> np.ndarray:
         """One regressor call on a batch (serialised: TensorFlow already uses every core)."""
@@ -121,8 +132,6 @@ def _storms() -> OpenStorms:
 def _computer() -> LocalComputer:
     global _worker
     if _worker is None:
-        from iou_maps.models.registry import load_regressor_model
-
         assert _worker_args is not None, "not a ProcessComputer worker"
         data_dir, model, _threads, _ = _worker_args
         regressor = load_regressor_model(Path(data_dir), model)
@@ -135,7 +144,6 @@ def _truth_computer() -> Any:
     global _worker_truth
     if _worker_truth is None:
         from iou_maps.compute.truth import SegmentationSource, TruthComputer
-        from iou_maps.models.registry import truth_segmentation_dir
 
         assert _worker_args is not None, "not a ProcessComputer worker"
         data_dir, model, _threads, _ = _worker_args
@@ -185,6 +193,8 @@ class ProcessComputer:
         self.args = (str(data_dir), model, threads or runtime.cores(), niceness)
         self.processes = processes
         self.model_id = ""
+        #: The regressor's classes, from its metadata (this process loads no model).
+        self.classes: ClassSet = class_set_of_metadata(regressor_metadata(data_dir, model))
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -254,6 +264,7 @@ class WorkerTruth:
     def __init__(self, processes: ProcessComputer, model_id: str) -> None:
         self.processes = processes
         self.model_id = model_id
+        self.classes = processes.classes  # the engine checks the segmentation model's
 
     def compute(self, storm_name: str, tiles: list[Tile]) -> Computed:
         """Read labels and imagery of ``tiles`` and score the segmentation model, in a worker."""

@@ -36,7 +36,7 @@ from iou_maps.compute.metric_store import NO_IMAGERY, release
 from iou_maps.compute.single_flight import LOCK_WAIT
 from iou_maps.compute.truth import SegmentationSource, TruthComputer
 from iou_maps.config import Settings
-from iou_maps.errors import ModelNotFound, OutsideStorm
+from iou_maps.errors import ClassSetMismatch, ModelNotFound, OutsideStorm
 from iou_maps.layers.base import REGRESSOR, SEGMENTATION, Layer
 from iou_maps.layers.predicted import PREDICTED
 from iou_maps.layers.registry import Source, computed_layers, get_layer
@@ -44,7 +44,7 @@ from iou_maps.layers.sources import NoCache, Sources, combine_cached
 from iou_maps.layers.summary import StormSummary, summarize
 from iou_maps.layers.tile_values import PointValues, TileGrid, Values
 from iou_maps.layers.true import TRUE
-from iou_maps.models.classes import NMETRICS
+from iou_maps.models.classes import ClassSet
 from iou_maps.storms.catalog import Catalog, Storm
 from iou_maps.storms.chips import ChipReader
 from iou_maps.storms.grid import analysis_tiles_for, descendants, tile_polygons
@@ -91,10 +91,19 @@ class MetricEngine:
             else truth
         )
         self.client = client
+        #: The class set of the models behind the values: every layer's metrics.
+        self.classes: ClassSet = self.computer.classes
         computers: dict[str, Computer] = {REGRESSOR: self.computer}
         if truth_computer is not None:
+            if truth_computer.classes != self.classes:
+                raise ClassSetMismatch(
+                    f"the regressor's classes {list(self.classes.names)} are not those of the "
+                    f"segmentation model of the true metrics {list(truth_computer.classes.names)}"
+                )
             computers[SEGMENTATION] = truth_computer
-        self.sources = Sources(computers, client, lock_wait, {SEGMENTATION: truth_missing})
+        self.sources = Sources(
+            computers, client, lock_wait, {SEGMENTATION: truth_missing}, classes=self.classes
+        )
         predicted = self.sources.channel(PREDICTED)
         self.store, self.cache, self.flight = predicted.store, predicted.cache, predicted.flight
         self._geom_lock = threading.Lock()
@@ -270,7 +279,7 @@ class MetricEngine:
             cached, computed = len(entries), 0
             cache_ok = self.cache_ok
         n = int(math.isqrt(len(cells)))
-        values = np.full((n, n, NMETRICS), np.nan, np.float32)
+        values = np.full((n, n, self.classes.nmetrics), np.nan, np.float32)
         has = np.zeros((n, n), bool)
         x0, y0 = cells[0].x, cells[0].y
         for t in cells:
@@ -290,7 +299,7 @@ class MetricEngine:
         true = (truth.cache or NoCache()) if truth is not None else None
         return summarize(
             storm, self.analysis_zoom, self.cache or NoCache(), self.model_id, true,
-            self.sources.ids.get(SEGMENTATION),
+            self.sources.ids.get(SEGMENTATION), classes=self.classes,
         )  # fmt: skip
 
     def point_tile(self, storm_name: str, lon: float, lat: float) -> Tile:

@@ -10,10 +10,12 @@ expiry and a token, redis-py's ``Lock``) until their values are stored. ``iou-co
 counts model calls and tiles computed by every process.
 
 Small hashes are stored by Redis as listpacks, so a value costs its bytes plus a few bytes of
-framing instead of a whole key (~100 B). A value packs the 6 metrics as uint16 (resolution
-1.5e-5; 65535 means NaN, e.g. an absent class) and, for aggregated lower zooms, the number of
-analysis tiles behind the mean. An empty value marks "no imagery here" so it is not recomputed.
-The model id is in every key: a new model never serves an old model's numbers.
+framing instead of a whole key (~100 B). A value packs the model's metrics (classes + 2: 6
+for the demo's four classes) as uint16 (resolution 1.5e-5; 65535 means NaN, e.g. an absent
+class) and, for aggregated lower zooms, the number of analysis tiles behind the mean. A store
+knows its model's metric count (the model id keys it, so one key space holds one count). An
+empty value marks "no imagery here" so it is not recomputed. The model id is in every key: a
+new model never serves an old model's numbers.
 
 Each kind of value has its own key space (``namespace``, ``iou`` above): the predicted
 metrics (``iou``, keyed by the regressor's model id), the true metrics (``iou-true``, keyed by
@@ -38,7 +40,7 @@ from mercantile import Tile
 from redis.lock import Lock
 
 from iou_maps.errors import CorruptCacheValue
-from iou_maps.models.classes import NMETRICS
+from iou_maps.models.classes import DEMO_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,10 @@ NO_IMAGERY = Entry(None, 0)
 
 
 def pack(values: np.ndarray | None, count: int = 1) -> bytes:
-    """Bytes of an entry: b"" for no imagery; 12 bytes (+4 for a count ≠ 1)."""
+    """Bytes of an entry: b"" for no imagery; 2 bytes a metric (+4 for a count ≠ 1)."""
     if values is None:
         return b""
-    v = np.asarray(values, dtype=np.float64).reshape(NMETRICS)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
     q = np.where(np.isnan(v), _NAN, np.rint(np.clip(v, 0.0, 1.0) * _SCALE)).astype("<u2")
     raw = q.tobytes()
     return raw if count == 1 else raw + np.uint32(count).astype("<u4").tobytes()
@@ -85,22 +87,29 @@ def as_bytes(raw: bytes | str) -> bytes:
     return raw if isinstance(raw, bytes) else raw.encode("latin-1")
 
 
-def unpack(raw: bytes) -> Entry:
-    """The entry packed in ``raw`` (``pack``'s inverse); CorruptCacheValue for corrupt bytes."""
+def unpack(raw: bytes, nmetrics: int) -> Entry:
+    """The entry of ``nmetrics`` metrics packed in ``raw`` (``pack``'s inverse);
+    CorruptCacheValue for corrupt bytes."""
     if not raw:
         return NO_IMAGERY
-    if len(raw) not in (2 * NMETRICS, 2 * NMETRICS + 4):
-        raise CorruptCacheValue(f"corrupt cache value of {len(raw)} bytes")
-    q = np.frombuffer(raw[: 2 * NMETRICS], dtype="<u2")
+    if len(raw) not in (2 * nmetrics, 2 * nmetrics + 4):
+        raise CorruptCacheValue(
+            f"corrupt cache value of {len(raw)} bytes (a value of {nmetrics} metrics has "
+            f"{2 * nmetrics} or {2 * nmetrics + 4})"
+        )
+    q = np.frombuffer(raw[: 2 * nmetrics], dtype="<u2")
     values = np.where(q == _NAN, np.nan, q / _SCALE).astype(np.float32)
-    count = int(np.frombuffer(raw[2 * NMETRICS :], dtype="<u4")[0]) if len(raw) > 12 else 1
+    count = (
+        int(np.frombuffer(raw[2 * nmetrics :], dtype="<u4")[0]) if len(raw) > 2 * nmetrics else 1
+    )
     return Entry(values, count)
 
 
 def stored(values: np.ndarray) -> np.ndarray:
     """``values`` as the cache keeps them (at its resolution): a freshly computed tile is then
     the same picture, and the same bytes, as when it is read back from the cache."""
-    entry = unpack(pack(values))
+    v = np.asarray(values).reshape(-1)
+    entry = unpack(pack(v), len(v))
     assert entry.values is not None
     return entry.values
 
@@ -115,14 +124,20 @@ def _key_field(namespace: str, model_id: str, storm_name: str, tile: Tile) -> tu
 
 
 class MetricStore:
-    """Bulk access to cached metric vectors of one model, in the key space ``namespace``."""
+    """Bulk access to cached metric vectors of one model, in the key space ``namespace``;
+    ``nmetrics``: the length of that model's vectors (the demo's 6 unless given)."""
 
     def __init__(
-        self, client: redis.Redis, model_id: str, namespace: str = PREDICTED_NAMESPACE
+        self,
+        client: redis.Redis,
+        model_id: str,
+        namespace: str = PREDICTED_NAMESPACE,
+        nmetrics: int = DEMO_CLASSES.nmetrics,
     ) -> None:
         self.client = client
         self.model_id = model_id
         self.namespace = namespace
+        self.nmetrics = nmetrics
 
     def get_many(self, storm_name: str, tiles: Iterable[Tile]) -> dict[Tile, Entry]:
         """Cached entries of ``tiles`` (absent from the result: not cached). One round trip."""
@@ -144,7 +159,7 @@ class MetricStore:
         for (_key, items), raws in zip(by_key.items(), replies, strict=True):
             for (_field, tile), raw in zip(items, raws, strict=True):
                 if raw is not None:
-                    out[tile] = unpack(as_bytes(raw))
+                    out[tile] = unpack(as_bytes(raw), self.nmetrics)
         return out
 
     def set_many(self, storm_name: str, entries: Mapping[Tile, Entry]) -> None:

@@ -30,7 +30,9 @@ from mercantile import Tile
 
 from iou_maps.compute.computed import Computed, compute_reads
 from iou_maps.errors import NoLabels
+from iou_maps.models.classes import ClassSet
 from iou_maps.models.evaluation import MIN_LABELLED_FRACTION, read_chip, true_metrics
+from iou_maps.models.gym_files import CLASSES_FILE, model_classes
 from iou_maps.storms.chips import ChipRead, read_error
 from iou_maps.storms.mosaic import StormBackend
 from iou_maps.storms.open_storms import OpenStorms
@@ -49,7 +51,11 @@ def segmentation_id(directory: Path) -> str:
     """12 hex digits of SHA-256 over a segmentation model's files (config and weights, by
     name) and ``TRUTH_RULE``: the id of its true values, read without loading the model."""
     h = hashlib.sha256(TRUTH_RULE.encode())
-    files = sorted(p for p in Path(directory).iterdir() if p.suffix in (".json", ".h5"))
+    files = sorted(
+        p
+        for p in Path(directory).iterdir()
+        if p.suffix in (".json", ".h5") or p.name == CLASSES_FILE
+    )
     for path in files:
         h.update(path.name.encode())
         with open(path, "rb") as f:
@@ -70,6 +76,8 @@ class SegmentationSource:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.model_id = segmentation_id(self.directory)
+        #: Its classes, from its config (and classes.txt): read without TensorFlow.
+        self.classes: ClassSet = model_classes(self.directory)
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -112,6 +120,11 @@ class TruthComputer:
         """The segmentation model's id (part of every true value's key)."""
         return str(self.source.model_id)
 
+    @property
+    def classes(self) -> ClassSet:
+        """The segmentation model's class set."""
+        return self.source.classes
+
     # ------------------------------------------------------------------ reading
 
     def _labels(self, backend: StormBackend) -> StormBackend:
@@ -126,7 +139,7 @@ class TruthComputer:
         out = []
         for tile in tiles:
             try:
-                got = read_chip(images, labels, tile)
+                got = read_chip(images, labels, tile, self.source.classes.nclasses)
             except Exception as exc:  # rasterio/rio-tiler raise many types for a bad file
                 out.append(ChipRead(tile, error=read_error(images, tile, exc)))
                 continue
@@ -155,13 +168,13 @@ class TruthComputer:
     # ------------------------------------------------------------------ computing
 
     def infer_reads(self, reads: list[ChipRead]) -> np.ndarray:
-        """True metric vectors (N, 6) of labelled chips (one model call, serialised)."""
+        """True metric vectors (N, C + 2) of labelled chips (one model call, serialised)."""
         images = np.stack([r.chip for r in reads])  # type: ignore[misc]
         labels = np.stack([r.label for r in reads])  # type: ignore[misc]
         model = self.source.load()
         with self._model_lock:
             self.model_calls += 1
-            vectors, _ = true_metrics(images, labels, model.predict)
+            vectors, _ = true_metrics(images, labels, model.predict, model.cfg.nclasses)
         self.tiles_computed += len(reads)
         return vectors
 

@@ -141,7 +141,10 @@ class TileArchiveFormat(ExportFormat):
         zooms = zoom_range(
             storm, engine.analysis_zoom, options.minzoom, options.maxzoom, imagery=False
         )
-        report = fill_cache(engine, layer.storm, source=layer.source, progress=fill_progress)
+        report = fill_cache(
+            engine, layer.storm, source=layer.source, progress=fill_progress,
+            metric=layer.metric,
+        )  # fmt: skip
         metadata = metric_metadata(engine, layer, fmt.value, zooms, options.attribution)
         return report, metadata, metric_tiles(engine, layer, zooms, fmt)
 

@@ -29,7 +29,6 @@ from iou_maps.exports.summary import ExportSummary
 from iou_maps.exports.tiles import tiles_at
 from iou_maps.layers.registry import Source
 from iou_maps.layers.render import WEB_MERCATOR
-from iou_maps.models.classes import metric_index
 from iou_maps.storms.mosaic import metric_zoom_range
 
 __all__ = ["COG", "COG_BLOCKSIZE", "CogFormat", "CogGrid"]
@@ -133,6 +132,7 @@ class CogFormat(ExportFormat):
             "storm": tags.get("STORM"),
             "layer": "metric",
             "metric": tags.get("METRIC"),
+            "classes": tags["CLASSES"].split(",") if tags.get("CLASSES") else None,
             "source": tags.get("SOURCE"),
             "model_id": tags.get("MODEL_ID"),
             "analysis_zoom": int(tags.get("ANALYSIS_ZOOM", 0)),
@@ -164,7 +164,9 @@ def _write_cog(
     from rio_cogeo.profiles import cog_profiles
 
     store_storm = engine.storm(layer.storm).storm
-    report = fill_cache(engine, layer.storm, source=layer.source, progress=fill_progress)
+    report = fill_cache(
+        engine, layer.storm, source=layer.source, progress=fill_progress, metric=layer.metric
+    )
     za = engine.analysis_zoom
     lowest = metric_zoom_range(store_storm, za)[0]
     tiles = tiles_of(store_storm, za)
@@ -222,7 +224,9 @@ def _write_cells(
         )
     if not cells.has_imagery.any():
         return
-    band = np.where(cells.has_imagery, cells.values[:, :, metric_index(layer.metric)], np.nan)
+    band = np.where(
+        cells.has_imagery, cells.values[:, :, engine.classes.metric_index(layer.metric)], np.nan
+    )
     n = band.shape[0]
     ppt = grid.pixels_per_tile
     # Cell (0, 0) of the tile, in this level's cells from the grid's origin.
@@ -250,6 +254,7 @@ def _levels_vrt(grid: CogGrid, paths: list[Path], layer: MetricMap, engine: Metr
     for key, value in {
         "STORM": layer.storm,
         "METRIC": layer.metric,
+        "CLASSES": ",".join(engine.classes.names),
         "SOURCE": layer.source,
         "MODEL_ID": engine.sources.source_id(Source(layer.source)),
         "ANALYSIS_ZOOM": str(engine.analysis_zoom),

@@ -70,12 +70,16 @@ def fill_cache(
     source: str = Source.predicted.value,
     progress: Progress | None = None,
     chunk: int = FILL_CHUNK,
+    metric: str | None = None,
 ) -> FillSummary:
     """Make the cache hold every value the storm's tiles of layer ``source`` show: each
     analysis tile (computed where missing, through the engine as a tile request would) and
     the lower-zoom aggregates, as precompute writes them (``plan.steps_for``: for ``error``,
     the true values, the predictions of the tiles with a true value and the mean absolute
-    errors). Nothing is computed if all is cached."""
+    errors). Nothing is computed if all is cached. ``metric``: the metric the export shows
+    (MetricNotInModel, naming the valid ones, if the engine's model has no such metric)."""
+    if metric is not None:
+        engine.classes.metric_index(metric)
     layer = check_layer(engine, storm_name, source)
     if engine.store is None or not engine.store.ping():
         raise CacheUnavailable("Redis is not reachable: an export reads the service's cache")

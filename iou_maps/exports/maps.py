@@ -12,7 +12,7 @@ from rio_tiler.types import ColorMapType
 from iou_maps.errors import ExportError
 from iou_maps.layers.registry import Source
 from iou_maps.layers.render import default_colormap, default_rescale
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import METRIC_NAME_RE
 
 __all__ = ["SOURCES", "ImageryFormat", "ImageryMap", "Map", "MetricMap"]
 
@@ -42,8 +42,9 @@ class MetricMap:
     rescale: tuple[float, float] | None = None  # None: the source's default
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ExportError(f"unknown metric {self.metric!r}; valid: {', '.join(METRICS)}")
+        if not METRIC_NAME_RE.fullmatch(self.metric):
+            # Which metrics the model has, the engine checks (``fill_cache``).
+            raise ExportError(f"unknown metric {self.metric!r}: iou_<class>, miou or dice")
         if self.source not in SOURCES:
             raise ExportError(f"unknown source {self.source!r}; valid: {', '.join(SOURCES)}")
         source = Source(self.source)

@@ -114,6 +114,7 @@ def metric_metadata(
             "storm": layer.storm,
             "layer": "metric",
             "metric": layer.metric,
+            "classes": list(engine.classes.names),
             "source": layer.source,
             "model_id": model_id,
             "analysis_zoom": engine.analysis_zoom,

@@ -7,16 +7,19 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 
-from iou_maps.models.classes import METRICS
+from iou_maps.models.classes import ClassSet
 from iou_maps.models.evaluation import ChipSet, tile_geometries, tiles_frame
 
 
-def predict_table(chips: ChipSet, predict, model_id: str, batch_size: int = 32) -> gpd.GeoDataFrame:
-    """One row per analysis tile: tile, geometry, scenes, the six predicted metrics, model id."""
+def predict_table(
+    chips: ChipSet, predict, model_id: str, classes: ClassSet, batch_size: int = 32
+) -> gpd.GeoDataFrame:
+    """One row per analysis tile: tile, geometry, scenes, the predicted metrics of the model's
+    ``classes``, model id."""
     parts = [predict(chips.images[i : i + batch_size]) for i in range(0, len(chips), batch_size)]
-    values = np.concatenate(parts) if parts else np.zeros((0, len(METRICS)), np.float32)
+    values = np.concatenate(parts) if parts else np.zeros((0, classes.nmetrics), np.float32)
     cols = tiles_frame(chips.storm, chips.tiles, chips.scenes, chips.primary_scene)
-    for i, m in enumerate(METRICS):
+    for i, m in enumerate(classes.metrics):
         cols[m] = values[:, i].astype(float).tolist()
     cols["model_id"] = [model_id] * len(chips)
     return gpd.GeoDataFrame(cols, geometry=tile_geometries(chips.tiles), crs=4326)

@@ -141,6 +141,7 @@ def export_item(storm: Storm, group: str, files: list[ExportFile]) -> pystac.Ite
         properties.update(
             {
                 f"{NS}:metric": first.get("metric"),
+                f"{NS}:classes": first.get("classes"),
                 f"{NS}:source": first.get("source"),
                 f"{NS}:model_id": first.get("model_id"),
                 f"{NS}:analysis_zoom": first.get("analysis_zoom"),

@@ -99,8 +99,9 @@ def metric_tiles(
             if not grid.has_imagery.any():
                 continue  # the service's 204
             content, _ = encode_metric_tile(
-                grid.values, grid.has_imagery, tile, layer.metric, fmt, cmap, layer.value_range
-            )
+                grid.values, grid.has_imagery, tile, layer.metric, fmt, cmap, layer.value_range,
+                classes=engine.classes,
+            )  # fmt: skip
             yield tile, content
 
 

@@ -21,7 +21,7 @@ from titiler.core.utils import render_image
 
 from iou_maps.errors import BadTileSize
 from iou_maps.layers.registry import Source, get_layer
-from iou_maps.models.classes import METRICS, metric_index
+from iou_maps.models.classes import ClassSet
 
 
 def default_colormap(source: Source) -> str:
@@ -38,9 +38,15 @@ WEB_MERCATOR = CRS.from_epsg(3857)
 
 
 def metric_image(
-    values: np.ndarray, has_imagery: np.ndarray, tile: Tile, metric: str, tilesize: int = 256
+    values: np.ndarray,
+    has_imagery: np.ndarray,
+    tile: Tile,
+    metric: str,
+    classes: ClassSet,
+    tilesize: int = 256,
 ) -> ImageData:
-    """A 1-band float32 tile of ``metric`` from an (n, n, 6) cell grid; masked without imagery.
+    """A 1-band float32 tile of ``metric`` (one of ``classes.metrics``) from an
+    (n, n, C + 2) cell grid; masked without imagery.
 
     Cells are drawn as blocks of tilesize / n pixels (each cell is one analysis tile, or the
     aggregate of its children), so a value at a pixel is exactly the cached number.
@@ -49,7 +55,7 @@ def metric_image(
     if tilesize % n:
         raise BadTileSize(f"tile size {tilesize} is not a multiple of the {n}-cell grid")
     k = tilesize // n
-    band = values[:, :, metric_index(metric)]
+    band = values[:, :, classes.metric_index(metric)]
     data = np.repeat(np.repeat(band, k, axis=0), k, axis=1).astype(np.float32)
     invalid = np.repeat(np.repeat(~has_imagery | np.isnan(band), k, axis=0), k, axis=1)
     array = np.ma.MaskedArray(data[None], mask=invalid[None], fill_value=np.nan)
@@ -85,14 +91,16 @@ def encode_metric_tile(
     fmt: MetricFormat,
     colormap: ColorMapType,
     rescale: tuple[float, float] = (0.0, 1.0),
+    *,
+    classes: ClassSet,
 ) -> tuple[bytes, str]:
-    """Bytes and media type of the metric tile of an (n, n, 6) cell grid: the service's tiles
-    and the exports' are these same bytes."""
+    """Bytes and media type of the metric tile of an (n, n, C + 2) cell grid of ``classes``'
+    metrics: the service's tiles and the exports' are these same bytes."""
     if fmt.raw or not isinstance(colormap, dict):
-        img = metric_image(values, has_imagery, tile, metric)
+        img = metric_image(values, has_imagery, tile, metric, classes)
         return encode_image(img, fmt, colormap, rescale)
     # Coloured from the cells: no full-size float image needed.
-    band = values[:, :, metric_index(metric)]
+    band = values[:, :, classes.metric_index(metric)]
     return encode_cells(band, ~has_imagery | np.isnan(band), fmt, colormap, rescale)
 
 
@@ -209,7 +217,6 @@ def _encode_rgba(rgba: np.ndarray, fmt: str) -> bytes:
 
 
 __all__ = [
-    "METRICS",
     "MetricFormat",
     "default_colormap",
     "default_rescale",

@@ -22,6 +22,7 @@ from iou_maps.compute.single_flight import SingleFlight
 from iou_maps.errors import ModelNotFound, NoLabels
 from iou_maps.layers.base import ROLES, Layer
 from iou_maps.layers.registry import LAYERS, get_layer
+from iou_maps.models.classes import ClassSet
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.grid import descendants
 
@@ -42,26 +43,40 @@ class Channel:
 
     @classmethod
     def open(
-        cls, computer: Computer, client: redis.Redis | None, namespace: str, lock_wait: float
+        cls,
+        computer: Computer,
+        client: redis.Redis | None,
+        namespace: str,
+        lock_wait: float,
+        nmetrics: int,
     ) -> Channel:
-        """The channel of ``computer``'s values in key space ``namespace`` of ``client``."""
-        store = MetricStore(client, computer.model_id, namespace) if client is not None else None
+        """The channel of ``computer``'s values (``nmetrics`` each) in key space ``namespace``
+        of ``client``."""
+        store = (
+            MetricStore(client, computer.model_id, namespace, nmetrics)
+            if client is not None
+            else None
+        )
         cache = GuardedStore(store) if store is not None else None
         return cls(computer, store, cache, SingleFlight(computer, cache, lock_wait))
 
 
 class LayerStores:
-    """The Redis store of each layer whose models are known (``ids``: role → model id);
-    what precompute's client and the cluster's workers share without loading a model."""
+    """The Redis store of each layer whose models are known (``ids``: role → model id), whose
+    values are metric vectors of ``classes`` (the models' class set); what precompute's client
+    and the cluster's workers share without loading a model."""
 
-    def __init__(self, client: redis.Redis | None, ids: Mapping[str, str]) -> None:
+    def __init__(
+        self, client: redis.Redis | None, ids: Mapping[str, str], classes: ClassSet
+    ) -> None:
         self.ids = dict(ids)
+        self.classes = classes
         self.stores: dict[str, MetricStore] = {}
         if client is not None:
             for layer in LAYERS.values():
                 if layer.has_models(ids):
                     self.stores[layer.name] = MetricStore(
-                        client, layer.model_id(ids), layer.key_space
+                        client, layer.model_id(ids), layer.key_space, classes.nmetrics
                     )
 
     def store(self, layer: Layer) -> MetricStore | None:
@@ -86,7 +101,7 @@ class LayerStores:
 class Sources(LayerStores):
     """The layers of an engine: a channel for each computed layer whose model is there
     (``computers``: role → computer), stores for all layers whose models are there;
-    ``missing``: role → why its model is not there."""
+    ``missing``: role → why its model is not there; ``classes``: the models' class set."""
 
     def __init__(
         self,
@@ -94,15 +109,18 @@ class Sources(LayerStores):
         client: redis.Redis | None,
         lock_wait: float,
         missing: Mapping[str, str] | None = None,
+        *,
+        classes: ClassSet,
     ) -> None:
-        super().__init__(client, {role: c.model_id for role, c in computers.items()})
+        super().__init__(client, {role: c.model_id for role, c in computers.items()}, classes)
         self.missing = dict(missing or {})
         self.channels: dict[str, Channel] = {}
         for layer in LAYERS.values():
             if layer.computed_by is not None and layer.computed_by in computers:
                 channel = Channel.open(
-                    computers[layer.computed_by], client, layer.key_space, lock_wait
-                )
+                    computers[layer.computed_by], client, layer.key_space, lock_wait,
+                    classes.nmetrics,
+                )  # fmt: skip
                 self.channels[layer.name] = channel
                 if channel.store is not None:
                     self.stores[layer.name] = channel.store  # one store per key space

@@ -16,7 +16,7 @@ import numpy as np
 from mercantile import Tile
 
 from iou_maps.compute.metric_store import Entry
-from iou_maps.models.classes import METRICS, metric_index
+from iou_maps.models.classes import ClassSet
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.grid import tiles_intersecting
 
@@ -51,6 +51,7 @@ class StormSummary:
     model_id: str
     segmentation_id: str | None
     analysis_zoom: int
+    metrics: list[str]  # the names of the model's metrics (``accuracy``'s keys)
     analysis_tiles: int  # under the storm's scenes
     cached: int  # with a predicted value or the "no imagery" marker in the cache
     with_imagery: int  # cached with a predicted value
@@ -76,12 +77,11 @@ def read_all(cache: CacheReader, storm_name: str, tiles: Sequence[Tile]) -> dict
     return out
 
 
-def accuracy(pred: np.ndarray, true: np.ndarray) -> dict[str, Accuracy]:
-    """Per metric: MAE and Pearson r of (N, 6) predictions against (N, 6) true values, over
-    the tiles where both are defined."""
+def accuracy(pred: np.ndarray, true: np.ndarray, classes: ClassSet) -> dict[str, Accuracy]:
+    """Per metric of ``classes``: MAE and Pearson r of (N, C + 2) predictions against true
+    values, over the tiles where both are defined."""
     out = {}
-    for name in METRICS:
-        i = metric_index(name)
+    for i, name in enumerate(classes.metrics):
         ok = np.isfinite(pred[:, i]) & np.isfinite(true[:, i])
         p, t = pred[ok, i].astype(np.float64), true[ok, i].astype(np.float64)
         r = None
@@ -99,19 +99,23 @@ def summarize(
     model_id: str,
     true: CacheReader | None = None,
     segmentation_id: str | None = None,
+    *,
+    classes: ClassSet,
 ) -> StormSummary:
-    """The summary of ``storm`` from the caches of predicted and (if given) true values."""
+    """The summary of ``storm`` from the caches of predicted and (if given) true values, the
+    metric vectors of ``classes``."""
     tiles = tiles_intersecting(storm.coverage, analysis_zoom)
     labelled = tiles_intersecting(storm.label_coverage, analysis_zoom) if storm.has_labels else []
     pred = read_all(predicted, storm.name, tiles)
     values = {t: e.values for t, e in pred.items() if e.values is not None}
-    miou = np.array([v[metric_index("miou")] for v in values.values()], np.float64)
+    miou = np.array([v[classes.metric_index("miou")] for v in values.values()], np.float64)
     counts, edges = np.histogram(miou[np.isfinite(miou)], HISTOGRAM_BINS, range=(0.0, 1.0))
     summary = StormSummary(
         storm=storm.name,
         model_id=model_id,
         segmentation_id=segmentation_id,
         analysis_zoom=analysis_zoom,
+        metrics=list(classes.metrics),
         analysis_tiles=len(tiles),
         cached=len(pred),
         with_imagery=len(values),
@@ -132,8 +136,9 @@ def summarize(
     )  # fmt: skip
     if both:
         summary.accuracy = accuracy(
-            np.array([values[t] for t in both]), np.array([true_values[t] for t in both])
-        )
+            np.array([values[t] for t in both]), np.array([true_values[t] for t in both]),
+            classes,
+        )  # fmt: skip
     return summary
 
 

@@ -2,7 +2,7 @@
 
 What the seed's MetricsForAll and Model_example-Output notebooks did by hand, per analysis
 tile of a storm: run the segmentation model, compare with the label, and keep a GeoParquet
-table (tile, geometry, scenes, the six metrics, class fractions) that trains the regressor.
+table (tile, geometry, scenes, the model's metrics, class fractions) that trains the regressor.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pandas as pd
 import shapely
 from mercantile import Tile
 
-from iou_maps.errors import TrainingDataError
-from iou_maps.models.classes import CLASS_COLORS, CLASSES, METRICS, NODATA_LABEL
+from iou_maps.errors import LabelClassError, TrainingDataError
+from iou_maps.models.classes import NODATA_LABEL, ClassSet
 from iou_maps.models.metrics import class_fractions, metric_vectors
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.grid import tile_polygons, tiles_intersecting
@@ -64,15 +64,32 @@ def tile_scenes(storm: Storm, tiles: Sequence[Tile]) -> tuple[list[frozenset[str
     return sets, primary
 
 
+def check_label_ids(label: np.ndarray, nclasses: int, labels: StormBackend, tile: Tile) -> None:
+    """LabelClassError naming the label rasters under ``tile`` if ``label`` holds a class id
+    that is neither one of the model's ``nclasses`` classes nor ``NODATA_LABEL``."""
+    ids = np.unique(label)
+    bad = ids[(ids >= nclasses) & (ids != NODATA_LABEL)]
+    if not len(bad):
+        return
+    fp = labels.input.footprints
+    hits = fp.iloc[np.sort(fp.sindex.query(tile_polygons([tile])[0], predicate="intersects"))]
+    files = sorted(str(p) for p in hits["label_path"].dropna())
+    raise LabelClassError(
+        f"label raster(s) {', '.join(files) or '?'} hold class ids {bad.tolist()} outside the "
+        f"model's {nclasses} classes (0..{nclasses - 1}, nodata {NODATA_LABEL})"
+    )
+
+
 def read_chip(
-    images: StormBackend, labels: StormBackend | None, tile: Tile
+    images: StormBackend, labels: StormBackend | None, tile: Tile, nclasses: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The chip of ``tile`` (zeros outside imagery) and, with a ``labels`` backend, its label
     (NODATA_LABEL where unlabelled or without imagery); None without imagery, or with labels
     asked for where less than ``MIN_LABELLED_FRACTION`` of the tile is labelled.
 
     What ``evaluate`` reads for each tile, and the true metric layers too: one reading, one
-    set of numbers.
+    set of numbers. ``nclasses``: the model's class count, to refuse labels of other ids
+    (``check_label_ids``).
     """
     img = read_tile(images, tile.x, tile.y, tile.z)
     if img is None:
@@ -86,20 +103,25 @@ def read_chip(
     if lab is None:
         return None
     lab[~mask] = NODATA_LABEL
+    if nclasses is not None:
+        check_label_ids(lab, nclasses, labels, tile)
     if (lab != NODATA_LABEL).mean() < MIN_LABELLED_FRACTION:
         return None
     return rgb, lab
 
 
 def true_metrics(
-    images: np.ndarray, labels: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]
+    images: np.ndarray,
+    labels: np.ndarray,
+    predict: Callable[[np.ndarray], np.ndarray],
+    nclasses: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(metric vectors (N, 6), predicted class ids (N, H, W)) of a segmentation model's
-    ``predict`` on labelled chips; unlabelled pixels are left out of both."""
+    """(metric vectors (N, nclasses + 2), predicted class ids (N, H, W)) of a segmentation
+    model's ``predict`` on labelled chips; unlabelled pixels are left out of both."""
     preds = predict(images) if len(images) else np.zeros(labels.shape, np.uint8)
     preds = np.asarray(preds).copy()
     preds[labels == NODATA_LABEL] = NODATA_LABEL
-    return metric_vectors(labels, preds), preds
+    return metric_vectors(labels, preds, nclasses), preds
 
 
 def read_chips(
@@ -110,15 +132,17 @@ def read_chips(
     tiles: Sequence[Tile] | None = None,
     progress: Callable[[int], None] | None = None,
     threads: int = 4,
+    nclasses: int | None = None,
 ) -> ChipSet:
-    """Chips of the storm's analysis tiles (with labels: only tiles that are well labelled)."""
+    """Chips of the storm's analysis tiles (with labels: only tiles that are well labelled;
+    ``nclasses``: labels must hold ids of that many classes)."""
     if tiles is None:
         tiles = tiles_intersecting(storm.coverage, zoom)
     images_backend = StormBackend(storm)
     labels_backend = StormBackend(storm, labels=True) if labelled else None
 
     def one(t: Tile) -> tuple[Tile, np.ndarray, np.ndarray | None] | None:
-        got = read_chip(images_backend, labels_backend, t)
+        got = read_chip(images_backend, labels_backend, t, nclasses)
         return None if got is None else (t, *got)
 
     kept: list[tuple[Tile, np.ndarray, np.ndarray | None]] = []
@@ -159,19 +183,22 @@ def tile_geometries(tiles: Sequence[Tile]) -> np.ndarray:
     return tile_polygons(list(tiles))
 
 
-def evaluate_chips(chips: ChipSet, predict: Callable[[np.ndarray], np.ndarray]) -> gpd.GeoDataFrame:
-    """True metrics of a segmentation model on labelled chips → GeoParquet-ready table."""
+def evaluate_chips(
+    chips: ChipSet, predict: Callable[[np.ndarray], np.ndarray], classes: ClassSet
+) -> gpd.GeoDataFrame:
+    """True metrics of a segmentation model of ``classes`` on labelled chips → GeoParquet-ready
+    table (its class set in ``attrs["classes"]``)."""
     if chips.labels is None:
         raise TrainingDataError("evaluation needs labelled chips")
-    vectors, preds = true_metrics(chips.images, chips.labels, predict)
-    lab_frac = class_fractions(chips.labels)
-    pred_frac = class_fractions(preds)
+    vectors, preds = true_metrics(chips.images, chips.labels, predict, classes.nclasses)
+    lab_frac = class_fractions(chips.labels, classes.nclasses)
+    pred_frac = class_fractions(preds, classes.nclasses)
     cols = tiles_frame(chips.storm, chips.tiles, chips.scenes, chips.primary_scene)
-    for i, m in enumerate(METRICS):
+    for i, m in enumerate(classes.metrics):
         cols[m] = vectors[:, i].tolist()
-    for i, c in enumerate(CLASSES):
+    for i, c in enumerate(classes.names):
         cols[f"label_frac_{c}"] = lab_frac[:, i].tolist()
-    for i, c in enumerate(CLASSES):
+    for i, c in enumerate(classes.names):
         cols[f"pred_frac_{c}"] = pred_frac[:, i].tolist()
     cols["labelled_fraction"] = (chips.labels != NODATA_LABEL).mean(axis=(1, 2)).tolist()
     gdf = gpd.GeoDataFrame(cols, geometry=tile_geometries(chips.tiles), crs=4326)
@@ -179,16 +206,21 @@ def evaluate_chips(chips: ChipSet, predict: Callable[[np.ndarray], np.ndarray]) 
     return gdf
 
 
-def scene_summary(table: pd.DataFrame) -> pd.DataFrame:
+def scene_summary(table: pd.DataFrame, classes: ClassSet) -> pd.DataFrame:
     """Per scene (the tile's main scene): tile count and mean / std of each metric."""
-    agg = table.groupby("scene")[list(METRICS)].agg(["mean", "std"])
+    agg = table.groupby("scene")[list(classes.metrics)].agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     agg.insert(0, "tiles", table.groupby("scene").size())
     return agg.reset_index()
 
 
 def example_figure(
-    chips: ChipSet, preds: np.ndarray, table: pd.DataFrame, path: Path, n: int = 6
+    chips: ChipSet,
+    preds: np.ndarray,
+    table: pd.DataFrame,
+    path: Path,
+    classes: ClassSet,
+    n: int = 6,
 ) -> None:
     """Image / label / prediction / per-class IoU for a few tiles, from worst to best mIoU."""
     import matplotlib
@@ -201,23 +233,24 @@ def example_figure(
         raise TrainingDataError("no labelled tiles to draw")
     order = np.argsort(table["miou"].to_numpy())
     picks = order[np.linspace(0, len(order) - 1, min(n, len(order))).astype(int)]
-    cmap = ListedColormap([np.array(CLASS_COLORS[c]) / 255 for c in CLASSES])
+    colors = [np.array(c) / 255 for c in classes.colors]
+    cmap = ListedColormap(colors)
+    top = classes.nclasses - 1
     fig, axes = plt.subplots(len(picks), 4, figsize=(12, 3 * len(picks)), squeeze=False)
     for row, i in zip(axes, picks, strict=True):
         assert chips.labels is not None  # a labelled chip set
         label = np.ma.masked_equal(chips.labels[i], NODATA_LABEL)
         pred = np.ma.masked_array(preds[i], mask=label.mask)
         row[0].imshow(chips.images[i])
-        row[1].imshow(label, cmap=cmap, vmin=0, vmax=3, interpolation="nearest")
-        row[2].imshow(pred, cmap=cmap, vmin=0, vmax=3, interpolation="nearest")
+        row[1].imshow(label, cmap=cmap, vmin=0, vmax=top, interpolation="nearest")
+        row[2].imshow(pred, cmap=cmap, vmin=0, vmax=top, interpolation="nearest")
         t = chips.tiles[i]
         row[0].set_title(f"{t.z}/{t.x}/{t.y}", fontsize=9)
         row[1].set_title("label", fontsize=9)
         row[2].set_title(f"prediction (mIoU {table['miou'].iloc[i]:.2f})", fontsize=9)
-        ious = [table[f"iou_{c}"].iloc[i] for c in CLASSES]
-        colors = [np.array(CLASS_COLORS[c]) / 255 for c in CLASSES]
-        row[3].bar(range(len(CLASSES)), np.nan_to_num(ious), color=colors)
-        row[3].set_xticks(range(len(CLASSES)), CLASSES, fontsize=8)
+        ious = [table[f"iou_{c}"].iloc[i] for c in classes.names]
+        row[3].bar(range(classes.nclasses), np.nan_to_num(ious), color=colors)
+        row[3].set_xticks(range(classes.nclasses), classes.names, fontsize=8)
         row[3].set_ylim(0, 1)
         row[3].set_title("IoU per class (absent: no bar)", fontsize=9)
         for ax in row[:3]:

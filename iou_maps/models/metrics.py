@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from iou_maps.models.classes import NCLASSES, NMETRICS, NODATA_LABEL
+from iou_maps.models.classes import NODATA_LABEL
 
 
 def confusion_matrices(
     labels: np.ndarray,
     preds: np.ndarray,
-    nclasses: int = NCLASSES,
+    nclasses: int,
     nodata: int = NODATA_LABEL,
 ) -> np.ndarray:
     """Confusion matrices of a batch: ``(N, C, C)`` int64, rows = label, columns = prediction.
@@ -46,13 +46,12 @@ def confusion_matrices(
 
 
 def metrics_from_confusion(cm: np.ndarray) -> np.ndarray:
-    """Metric vectors ``(N, 6)`` float32 (iou per class, miou, dice) from ``(N, C, C)`` matrices."""
+    """Metric vectors ``(N, C + 2)`` float32 (iou per class, miou, dice) from ``(N, C, C)``
+    matrices."""
     cm = np.asarray(cm, dtype=np.float64)
     if cm.ndim == 2:
         cm = cm[None]
     n, c, _ = cm.shape
-    if c != NMETRICS - 2:
-        raise ValueError(f"expected {NMETRICS - 2} classes, got confusion matrices of {c}")
     tp = np.diagonal(cm, axis1=1, axis2=2)
     label_count = cm.sum(axis=2)
     pred_count = cm.sum(axis=1)
@@ -61,7 +60,7 @@ def metrics_from_confusion(cm: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(present, tp / union, np.nan)
         dice = np.where(present, 2 * tp / (label_count + pred_count), np.nan)
-    out = np.full((n, NMETRICS), np.nan, dtype=np.float64)
+    out = np.full((n, c + 2), np.nan, dtype=np.float64)
     out[:, :c] = iou
     any_present = present.any(axis=1)
     # nanmean of an all-NaN row warns; compute only where some class is present.
@@ -73,23 +72,24 @@ def metrics_from_confusion(cm: np.ndarray) -> np.ndarray:
 def metric_vectors(
     labels: np.ndarray,
     preds: np.ndarray,
+    nclasses: int,
     nodata: int = NODATA_LABEL,
 ) -> np.ndarray:
-    """Metric vectors ``(N, 6)`` for a batch of label/prediction chips."""
-    return metrics_from_confusion(confusion_matrices(labels, preds, NCLASSES, nodata))
+    """Metric vectors ``(N, nclasses + 2)`` for a batch of label/prediction chips."""
+    return metrics_from_confusion(confusion_matrices(labels, preds, nclasses, nodata))
 
 
-def class_fractions(classes: np.ndarray, nodata: int = NODATA_LABEL) -> np.ndarray:
+def class_fractions(classes: np.ndarray, nclasses: int, nodata: int = NODATA_LABEL) -> np.ndarray:
     """Fraction of valid pixels of each class per chip: ``(N, C)`` float32 (NaN if no valid px)."""
     classes = np.asarray(classes)
     if classes.ndim == 2:
         classes = classes[None]
     n = classes.shape[0]
     flat = classes.reshape(n, -1).astype(np.int64)
-    valid = (flat != nodata) & (flat >= 0) & (flat < NCLASSES)
+    valid = (flat != nodata) & (flat >= 0) & (flat < nclasses)
     chip = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], flat.shape)
-    counts = np.bincount((chip * NCLASSES + flat)[valid], minlength=n * NCLASSES)
-    counts = counts.reshape(n, NCLASSES).astype(np.float64)
+    counts = np.bincount((chip * nclasses + flat)[valid], minlength=n * nclasses)
+    counts = counts.reshape(n, nclasses).astype(np.float64)
     total = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, counts / total, np.nan).astype(np.float32)

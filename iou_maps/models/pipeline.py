@@ -15,8 +15,8 @@ import geopandas as gpd
 import numpy as np
 from mercantile import Tile
 
-from iou_maps.errors import TrainingDataError
-from iou_maps.models.classes import METRICS
+from iou_maps.errors import ClassSetMismatch, TrainingDataError
+from iou_maps.models.classes import ClassSet
 from iou_maps.models.evaluation import (
     ChipSet,
     evaluate_chips,
@@ -43,11 +43,15 @@ def storm_chips(
     labelled: bool = True,
     tiles: Sequence[Tile] | None = None,
     progress: Progress = no_progress,
+    nclasses: int | None = None,
 ) -> ChipSet:
-    """Analysis-tile chips of a storm, reporting each tile read."""
+    """Analysis-tile chips of a storm, reporting each tile read (``nclasses``: labels must
+    hold ids of that many classes)."""
     tiles = list(tiles) if tiles is not None else tiles_intersecting(storm.coverage, zoom)
     advance = progress(f"read {storm.name}", len(tiles))
-    return read_chips(storm, zoom, labelled=labelled, tiles=tiles, progress=advance)
+    return read_chips(
+        storm, zoom, labelled=labelled, tiles=tiles, progress=advance, nclasses=nclasses
+    )
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -62,8 +66,10 @@ def train_segmentation_on(
     seed: int = 0,
     progress: Progress = no_progress,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    classes: ClassSet | None = None,
 ):
-    """Train a segmentation model on the storms' labelled analysis tiles."""
+    """Train a segmentation model on the storms' labelled analysis tiles (``classes``: its
+    class names, where the config does not give them)."""
     import keras
 
     from iou_maps.models.segmentation.config import SegmentationConfig, demo_config
@@ -73,7 +79,9 @@ def train_segmentation_on(
         cfg = SegmentationConfig.from_json(config)
     else:
         cfg = SegmentationConfig.from_dict(config or demo_config())
-    chip_sets = [storm_chips(s, zoom, progress=progress) for s in storms]
+    if classes is not None:
+        cfg = cfg.with_classes(classes)
+    chip_sets = [storm_chips(s, zoom, progress=progress, nclasses=cfg.nclasses) for s in storms]
     images = np.concatenate([c.images for c in chip_sets])
     labels = np.concatenate([c.labels for c in chip_sets if c.labels is not None])
     if not len(images):
@@ -102,6 +110,7 @@ class Evaluation:
     table: gpd.GeoDataFrame
     chips: ChipSet
     predictions: np.ndarray
+    classes: ClassSet
 
     def write(self, out: Path) -> list[Path]:
         """Table (GeoParquet), per-scene summary (CSV) and example figure (PNG)."""
@@ -110,20 +119,21 @@ class Evaluation:
         self.table.to_parquet(tmp, index=False)
         tmp.replace(out)
         summary = out.with_name(f"{out.stem}_scenes.csv")
-        scene_summary(self.table).to_csv(summary, index=False)
+        scene_summary(self.table, self.classes).to_csv(summary, index=False)
         figure = out.with_name(f"{out.stem}_examples.png")
-        example_figure(self.chips, self.predictions, self.table, figure)
+        example_figure(self.chips, self.predictions, self.table, figure, self.classes)
         return [out, summary, figure]
 
 
 def evaluate_storm(storm: Storm, seg, zoom: int, *, progress: Progress = no_progress) -> Evaluation:
     """True metrics of ``seg`` on every labelled analysis tile of ``storm``."""
-    chips = storm_chips(storm, zoom, progress=progress)
+    classes = seg.cfg.classes
+    chips = storm_chips(storm, zoom, progress=progress, nclasses=classes.nclasses)
     if not len(chips):
         raise TrainingDataError(f"storm {storm.name!r} has no labelled analysis tiles")
-    table = evaluate_chips(chips, seg.predict)
+    table = evaluate_chips(chips, seg.predict, classes)
     preds = table.attrs.pop("predictions")
-    return Evaluation(table, chips, preds)
+    return Evaluation(table, chips, preds, classes)
 
 
 # --------------------------------------------------------------------------- regressor
@@ -140,16 +150,33 @@ class TrainingSet:
     sources: list[dict[str, Any]]
 
 
+def check_table_classes(table: gpd.GeoDataFrame, classes: ClassSet, where: str) -> None:
+    """ClassSetMismatch unless an `evaluate` table's IoU columns are those of ``classes``."""
+    have = [c for c in table.columns if str(c).startswith("iou_")]
+    want = list(classes.metrics[:-2])
+    if have != want:
+        raise ClassSetMismatch(
+            f"table {where} holds metrics {have} but the segmentation model's classes give "
+            f"{want}: it was evaluated with another model"
+        )
+
+
 def regressor_training_set(
-    catalog: Catalog, tables: Sequence[gpd.GeoDataFrame | Path], *, progress: Progress = no_progress
+    catalog: Catalog,
+    tables: Sequence[gpd.GeoDataFrame | Path],
+    classes: ClassSet,
+    *,
+    progress: Progress = no_progress,
 ) -> TrainingSet:
-    """Chips and target vectors for the tiles of `evaluate` tables (re-read from the storms)."""
+    """Chips and target vectors for the tiles of `evaluate` tables (re-read from the storms),
+    which must hold the metrics of ``classes``."""
     images: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     scene_sets: list[frozenset[str]] = []
     sources: list[dict[str, Any]] = []
     for src in tables:
         table = gpd.read_parquet(src) if isinstance(src, Path) else src
+        check_table_classes(table, classes, str(src) if isinstance(src, Path) else "given")
         for storm_name, part in table.groupby("storm"):
             storm = catalog.storm(str(storm_name))
             tiles = [Tile(int(r.x), int(r.y), int(r.z)) for r in part.itertuples()]
@@ -157,7 +184,7 @@ def regressor_training_set(
             index = {t: i for i, t in enumerate(chips.tiles)}
             rows = [i for i, t in enumerate(tiles) if t in index]
             images.append(chips.images[[index[tiles[i]] for i in rows]])
-            targets.append(part[list(METRICS)].to_numpy(np.float32)[rows])
+            targets.append(part[list(classes.metrics)].to_numpy(np.float32)[rows])
             scene_sets.extend(
                 frozenset(f"{storm_name}/{x}" for x in str(v).split(",") if x)
                 for v in part["scenes"].iloc[rows]
@@ -177,6 +204,7 @@ def regressor_metadata(
     """What `metadata.json` records besides the names and the model id."""
     return {
         "segmentation": seg_name,
+        "classes": list(seg.cfg.classes.names),
         "input_size": list(seg.cfg.target_size),
         "analysis_zoom": zoom,
         "preprocessing": "antialiased bilinear resize of the 256x256 RGB chip to input_size "

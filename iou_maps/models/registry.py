@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from iou_maps.errors import InvalidModelName, ModelNotFound
+from iou_maps.models.classes import ClassSet
+from iou_maps.models.gym_files import model_classes
 from iou_maps.storms.catalog import STORM_NAME_RE
 
 MODEL_NAME_RE = STORM_NAME_RE  # same rule: a plain folder name, no path tricks
@@ -45,13 +47,24 @@ def load_segmentation_model(data_dir: Path, name: str):
 
 
 def load_regressor_model(data_dir: Path, name: str):
-    """The regressor of model ``name``, checked against its segmentation model's classes."""
+    """The regressor of model ``name``, checked against its segmentation model's classes
+    (ClassSetMismatch if it was trained for others)."""
     from iou_maps.models.regressor.files import load_regressor
 
     path = regressor_dir(data_dir, name)
     if not path.is_dir():
         raise ModelNotFound(f"no metric regressor {name!r} (looked in {path})")
-    return load_regressor(path)
+    return load_regressor(path, classes=segmentation_classes(data_dir, name))
+
+
+def segmentation_classes(data_dir: Path, name: str) -> ClassSet | None:
+    """The class set of the segmentation model behind model ``name`` (that its regressor was
+    cut from), read from its config without TensorFlow; None if there is none."""
+    try:
+        directory = truth_segmentation_dir(data_dir, name)
+    except ModelNotFound:
+        return None
+    return model_classes(directory)
 
 
 def regressor_metadata(data_dir: Path, name: str) -> dict:

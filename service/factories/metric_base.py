@@ -3,7 +3,7 @@ is drawn, and the zooms it has."""
 
 from collections.abc import Awaitable, Callable
 
-from attrs import define
+from attrs import Factory, define
 from morecantile.defaults import TileMatrixSets
 from rio_tiler.types import ColorMapType
 from titiler.core.dependencies import DefaultDependency
@@ -14,7 +14,7 @@ from iou_maps.layers.registry import Source
 from iou_maps.storms.catalog import Storm
 from iou_maps.storms.mosaic import metric_zoom_range
 from service.params.colormaps import ColorMapParams
-from service.params.metric import MetricParams, SourceParams
+from service.params.metric import SourceParams, metric_dependency
 from service.params.rendering import RenderParams
 from service.params.tiles import SUPPORTED_TMS
 
@@ -33,7 +33,10 @@ class MetricFactory(BaseFactory):
     engine: MetricEngine
     path_dependency: Callable[..., Storm | Awaitable[Storm]]
     budget_dependency: Callable[..., int | Awaitable[int]]
-    metric_dependency: Callable[..., str | Awaitable[str]] = MetricParams
+    #: The path's metric, one of the engine's model's (a 404 naming them otherwise).
+    metric_dependency: Callable[..., str | Awaitable[str]] = Factory(
+        lambda self: metric_dependency(self.engine.classes), takes_self=True
+    )
     source_dependency: Callable[..., Source | Awaitable[Source]] = SourceParams
     colormap_dependency: Callable[..., Awaitable[ColorMapType | None]] = ColorMapParams
     render_dependency: Callable[..., Awaitable[DefaultDependency]] = RenderParams

@@ -110,6 +110,7 @@ class MetricLayerFactory(MetricFactory):
                     for stop in legend_stops(source_colormap(colormap, source), vmin, vmax)
                 ],
                 model_id=engine.sources.source_id(source),
+                metrics=list(engine.classes.metrics),
             )
 
     def wmts(self) -> None:

@@ -82,8 +82,9 @@ class MetricTileFactory(MetricFactory):
             return Response(status_code=204, headers=cache_headers)
         tile = grid.tile
         content, media_type = encode_metric_tile(
-            grid.values, grid.has_imagery, tile, metric, format, cmap, rescale
-        )
+            grid.values, grid.has_imagery, tile, metric, format, cmap, rescale,
+            classes=self.engine.classes,
+        )  # fmt: skip
         headers = {
             MISSING: str(grid.missing),
             CACHED: str(grid.cached),

@@ -66,7 +66,7 @@ class PointFactory(BaseFactory):
                         status_code=503,
                         headers={"Retry-After": str(busy.retry_after)},
                     )
-            values = point_sources(got)
+            values = point_sources(got, engine.classes)
             predicted, chosen = values[Source.predicted], values[source]
             assert predicted is not None  # computed above
             if chosen is None:

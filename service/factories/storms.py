@@ -10,9 +10,9 @@ from starlette.requests import Request
 from titiler.core.factory import BaseFactory
 
 from iou_maps.compute.engine import GRID_LEVELS, MetricEngine
-from iou_maps.models.classes import METRICS
 from iou_maps.storms.catalog import Storm
 from service.models import (
+    ClassInfo,
     HistogramBin,
     Link,
     MetricAccuracy,
@@ -53,7 +53,11 @@ class StormsFactory(BaseFactory):
             on_demand_minzoom=max(0, self.engine.analysis_zoom - GRID_LEVELS),
             scenes=len(fp),
             labelled_scenes=int(fp["label_path"].notna().sum()),
-            metrics=list(METRICS),
+            metrics=list(self.engine.classes.metrics),
+            classes=[
+                ClassInfo(name=n, color=c) for n, c in self.engine.classes.hex_colors().items()
+            ],
+            model_id=self.engine.model_id,
             sources=storm_sources(storm),
             links=[
                 Link(href=base, rel="self"),

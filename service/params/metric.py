@@ -2,21 +2,28 @@
 budget of the request."""
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Path, Query
 
 from iou_maps.layers.registry import Source
-from iou_maps.models.classes import METRICS
-
-MetricName = Literal[METRICS]  # type: ignore[valid-type]
+from iou_maps.models.classes import ClassSet
 
 
-async def MetricParams(
-    metric: Annotated[MetricName, Path(description=f"One of: {', '.join(METRICS)}.")],
-) -> str:
-    """The metric layer named in the path (FastAPI answers 422 naming the valid ones)."""
-    return str(metric)
+def metric_dependency(classes: ClassSet) -> Callable[..., Awaitable[str]]:
+    """The metric layer named in the path, one of the model's (``classes``): a 404 naming the
+    valid ones otherwise (``MetricNotInModel``)."""
+
+    async def MetricParams(
+        metric: Annotated[
+            str,
+            Path(description=f"One of this model's metrics: {', '.join(classes.metrics)}."),
+        ],
+    ) -> str:
+        classes.metric_index(metric)
+        return metric
+
+    return MetricParams
 
 
 async def SourceParams(

@@ -6,7 +6,6 @@
   const $ = (id) => document.getElementById(id);
   const map = L.map("map", { zoomControl: true, attributionControl: false });
   map.setView([0, 0], 2);
-  const CLASSES = ["water", "sand", "vegetation", "development"];
   // Incomplete metric tiles are fetched again after this many ms, doubling up to the last.
   const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
   const OSM = {
@@ -203,8 +202,29 @@
     return L.latLngBounds([s.bounds[1], s.bounds[0]], [s.bounds[3], s.bounds[2]]);
   }
 
+  // The metric menu and the class legend: the model's own classes, as the server lists them.
+  function showClasses(s) {
+    const menu = $("metric");
+    const chosen = menu.value;
+    menu.replaceChildren(...s.metrics.map((m) => {
+      const o = document.createElement("option");
+      o.value = o.textContent = m;
+      return o;
+    }));
+    menu.value = s.metrics.includes(chosen) ? chosen : "miou";
+    $("class-legend").replaceChildren(...(s.classes || []).map((c) => {
+      const item = document.createElement("span");
+      item.className = "class";
+      const swatch = document.createElement("i");
+      swatch.style.background = c.color;
+      item.append(swatch, c.name);
+      return item;
+    }));
+  }
+
   function selectStorm(name, view) {
     current = storms[name];
+    showClasses(current);
     const sources = current.sources || ["predicted"];
     for (const o of $("source").options) {
       o.disabled = !sources.includes(o.value);
@@ -245,7 +265,9 @@
 
   function popupHtml(body) {
     const labelled = body.true !== null;
-    const rows = [...CLASSES.map((c) => [c, `iou_${c}`]), ["mIoU", "miou"], ["Dice", "dice"]]
+    // The model's classes, in class-id order, as the point's values name them.
+    const classes = Object.keys(body.predicted).filter((m) => m.startsWith("iou_"));
+    const rows = [...classes.map((m) => [m.slice(4), m]), ["mIoU", "miou"], ["Dice", "dice"]]
       .map(([label, m]) => {
         const p = body.predicted[m];
         const cells = [cell(p)];

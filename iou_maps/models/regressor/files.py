@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from iou_maps.errors import RegressorError
+from iou_maps.errors import ClassSetMismatch, RegressorError
 from iou_maps.models.backend import keras
-from iou_maps.models.classes import CLASSES, METRICS
+from iou_maps.models.classes import ClassSet, class_set_of_metadata
 from iou_maps.models.regressor.model import Regressor
 from iou_maps.models.regressor.network import CHIP_SIZE, KINDS, kind_of
 
@@ -44,13 +44,24 @@ def model_id_of(model: keras.Model, metadata: dict[str, Any]) -> str:
 
 
 def save_regressor(model: keras.Model, metadata: dict[str, Any], directory: Path) -> Regressor:
-    """Write model + metadata (with its model id) atomically; returns the loaded regressor."""
+    """Write model + metadata (with its model id) atomically; returns the loaded regressor.
+
+    The metadata's ``classes`` (names, in class-id order; the demo's four if absent) must be
+    those the model's outputs are about; its ``metrics`` follow from them.
+    """
+    classes = class_set_of_metadata(metadata)
+    width = int(model.output.shape[-1])
+    if width != classes.nmetrics:
+        raise ClassSetMismatch(
+            f"the regressor outputs {width} metrics but its classes {list(classes.names)} "
+            f"give {classes.nmetrics}"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     metadata = {
         **metadata,
         "kind": kind_of(model),
-        "classes": list(CLASSES),
-        "metrics": list(METRICS),
+        "classes": list(classes.names),
+        "metrics": list(classes.metrics),
         "chip_size": CHIP_SIZE,
     }
     metadata["model_id"] = model_id_of(model, metadata)
@@ -70,10 +81,11 @@ def save_regressor(model: keras.Model, metadata: dict[str, Any], directory: Path
     return Regressor(model, metadata)
 
 
-def load_regressor(directory: Path, *, nclasses: int | None = None) -> Regressor:
+def load_regressor(directory: Path, *, classes: ClassSet | None = None) -> Regressor:
     """Load and check a regressor; RegressorError says what is wrong.
 
-    ``nclasses``: the class count of the segmentation model it must belong to.
+    ``classes``: the class set of the segmentation model it must belong to (ClassSetMismatch
+    otherwise).
     """
     meta_path, model_path = directory / METADATA_FILE, directory / MODEL_FILE
     for p in (meta_path, model_path):
@@ -83,18 +95,17 @@ def load_regressor(directory: Path, *, nclasses: int | None = None) -> Regressor
         metadata = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise RegressorError(f"{meta_path} is not valid JSON: {exc}") from None
-    if list(metadata.get("classes", [])) != list(CLASSES):
-        raise RegressorError(
-            f"regressor {directory} was trained for classes {metadata.get('classes')}, "
-            f"this build uses {list(CLASSES)}"
+    own = class_set_of_metadata(metadata)
+    if classes is not None and own.names != classes.names:
+        raise ClassSetMismatch(
+            f"regressor {directory} was trained for classes {list(own.names)} but its "
+            f"segmentation model has {list(classes.names)}: train it again for that model"
         )
-    if nclasses is not None and nclasses != len(metadata["classes"]):
+    if list(metadata.get("metrics", own.metrics)) != list(own.metrics):
         raise RegressorError(
-            f"regressor {directory} has {len(metadata['classes'])} classes but the "
-            f"segmentation model has {nclasses}"
+            f"regressor {directory}: metrics {metadata.get('metrics')} are not those of its "
+            f"classes {list(own.names)}"
         )
-    if list(metadata.get("metrics", [])) != list(METRICS):
-        raise RegressorError(f"regressor metrics {metadata.get('metrics')} != {list(METRICS)}")
     model = keras.models.load_model(model_path, compile=False)
     if tuple(model.input.shape[1:]) != (CHIP_SIZE, CHIP_SIZE, 3):
         # Regressors before the softmax statistics took the resized image, not the chip.
@@ -102,6 +113,11 @@ def load_regressor(directory: Path, *, nclasses: int | None = None) -> Regressor
             f"regressor {directory} takes {tuple(model.input.shape[1:])} inputs, not "
             f"{CHIP_SIZE}x{CHIP_SIZE} RGB chips: it was saved by an older IoU Maps; "
             "train it again with `iou-maps train-regressor`"
+        )
+    if int(model.output.shape[-1]) != own.nmetrics:
+        raise ClassSetMismatch(
+            f"regressor {directory} outputs {model.output.shape[-1]} metrics but its classes "
+            f"{list(own.names)} give {own.nmetrics}"
         )
     if metadata.get("kind", KINDS[0]) != kind_of(model):
         raise RegressorError(

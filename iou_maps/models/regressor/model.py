@@ -13,7 +13,7 @@ import numpy as np
 
 from iou_maps.models import runtime
 from iou_maps.models.backend import keras, tf
-from iou_maps.models.classes import NMETRICS
+from iou_maps.models.classes import ClassSet, class_set_of_metadata
 from iou_maps.models.inference_graph import InferenceModel
 from iou_maps.models.regressor.network import (
     CHIP_SIZE,
@@ -54,7 +54,7 @@ def resolve_classes(
     absent are absent from the label too.
     """
     out = np.array(metrics, dtype=np.float32, copy=True)
-    nclasses = NMETRICS - 2
+    nclasses = out.shape[1] - 2
     predicted = np.asarray(predicted_share)[:, :nclasses] > 0
     counted = predicted | (np.asarray(presence) >= PRESENCE_THRESHOLD)
     iou = np.where(predicted, out[:, :nclasses], np.where(counted, 0.0, np.nan))
@@ -70,7 +70,7 @@ class RegressorOutputs:
     """What the regressor computes for a batch of chips: its metric vectors and, for the
     softmax kind, the mean presence of its heads and the segmentation's predicted shares."""
 
-    metrics: np.ndarray  # (N, 6)
+    metrics: np.ndarray  # (N, C + 2)
     presence: np.ndarray | None = None  # (N, C)
     predicted_share: np.ndarray | None = None  # (N, C)
 
@@ -118,6 +118,11 @@ class Regressor:
         return str(self.metadata.get("kind", KINDS[0]))
 
     @property
+    def classes(self) -> ClassSet:
+        """The classes of its segmentation model, which its metric vectors are about."""
+        return class_set_of_metadata(self.metadata)
+
+    @property
     def model_id(self) -> str:
         """The model id (a hash of the weights and metadata; part of every cache key)."""
         return str(self.metadata["model_id"])
@@ -139,7 +144,7 @@ class Regressor:
         if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
             raise ValueError(f"expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) chips, got {chips.shape}")
         if len(chips) == 0:
-            return RegressorOutputs(np.zeros((0, NMETRICS), np.float32))
+            return RegressorOutputs(np.zeros((0, self.classes.nmetrics), np.float32))
         # The UNet's full-resolution activations of many chips (four flips each) overflow the
         # CPU caches: on 2 vCPUs 2 chips a call run 36 tiles/s, 32 chips a call 21 tiles/s.
         parts = [
@@ -150,10 +155,11 @@ class Regressor:
             return RegressorOutputs(np.concatenate([p.numpy() for p in parts]))
         joined = [np.concatenate([p[j].numpy() for p in parts]) for j in range(len(parts[0]))]
         metrics, *presence, stats = joined
-        return RegressorOutputs(metrics, np.mean(presence, axis=0), stats[:, : NMETRICS - 2])
+        nclasses = metrics.shape[1] - 2
+        return RegressorOutputs(metrics, np.mean(presence, axis=0), stats[:, :nclasses])
 
     def predict(self, chips: np.ndarray) -> np.ndarray:
-        """(N, 256, 256, 3) uint8 → (N, 6) float32 metric vectors (``resolve_classes``: NaN
+        """(N, 256, 256, 3) uint8 → (N, C + 2) float32 metric vectors (``resolve_classes``: NaN
         for the IoU of a class predicted absent, as the metrics define it)."""
         return self.outputs(chips).resolved()
 

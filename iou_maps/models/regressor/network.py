@@ -19,7 +19,6 @@ from typing import Any
 
 from iou_maps.errors import RegressorError
 from iou_maps.models.backend import keras
-from iou_maps.models.classes import NMETRICS
 from iou_maps.models.model_layers import (
     ChipPreprocessing,
     FlipAugmented,
@@ -123,7 +122,7 @@ def build_regressor(
         features = _encoder_features(seg, chips)
     # The features differ in scale by orders of magnitude (shares, logs, scores, activations).
     normalized = keras.layers.Normalization(name="feature_norm")(features)
-    nclasses = NMETRICS - 2
+    nclasses = seg.cfg.nclasses
     outs = []
     for k in range(heads):
         x = normalized
@@ -131,7 +130,9 @@ def build_regressor(
             x = keras.layers.Dense(units, activation="relu", name=f"head{k}_dense_{i}")(x)
             x = keras.layers.Dropout(dropout, name=f"head{k}_dropout_{i}")(x)
         if kind == "encoder":
-            outs.append(keras.layers.Dense(NMETRICS, activation="sigmoid", name=f"head{k}_out")(x))
+            outs.append(
+                keras.layers.Dense(nclasses + 2, activation="sigmoid", name=f"head{k}_out")(x)
+            )
             continue
         parts = [
             keras.layers.Dense(n, activation="sigmoid", name=f"head{k}_{part}")(x)

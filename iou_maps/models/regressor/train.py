@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from iou_maps.errors import TrainingDataError
+from iou_maps.errors import ClassSetMismatch, TrainingDataError
 from iou_maps.models.backend import keras, tf
-from iou_maps.models.classes import METRICS, NMETRICS
 from iou_maps.models.model_layers import FlipAugmented
 from iou_maps.models.regressor.model import PREDICT_CHUNK, resolve_classes
 from iou_maps.models.regressor.network import (
@@ -27,15 +26,19 @@ from iou_maps.models.regressor.network import (
 )
 from iou_maps.models.segmentation.model import SegmentationModel
 
-#: The loss weighs mIoU more: it is the number the maps default to.
-METRIC_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 1.0], np.float32)
+
+def metric_weights(nmetrics: int) -> np.ndarray:
+    """The loss's weights: mIoU (second to last) weighs more, the number the maps default to."""
+    w = np.ones(nmetrics, np.float32)
+    w[-2] = 2.0
+    return w
 
 
 def masked_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Weighted squared error over the defined targets (NaN = class absent: no target)."""
     defined = tf.math.is_finite(y_true)
     y = tf.where(defined, y_true, 0.0)
-    w = tf.cast(defined, tf.float32) * tf.constant(METRIC_WEIGHTS)
+    w = tf.cast(defined, tf.float32) * tf.constant(metric_weights(int(y_true.shape[-1])))
     return tf.reduce_sum(w * tf.square(y - y_pred), axis=-1) / tf.maximum(
         tf.reduce_sum(w, axis=-1), 1.0
     )
@@ -77,10 +80,13 @@ def encode(model: keras.Model, chips: np.ndarray, batch_size: int = PREDICT_CHUN
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 
-def evaluation_scores(y_true: np.ndarray, y_pred: np.ndarray, baseline: np.ndarray) -> dict:
-    """Per metric: MAE, Pearson r and the MAE of predicting the constant training mean."""
+def evaluation_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, baseline: np.ndarray, metrics: Sequence[str]
+) -> dict:
+    """Per metric (``metrics``: their names): MAE, Pearson r and the MAE of predicting the
+    constant training mean."""
     out: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(METRICS):
+    for i, name in enumerate(metrics):
         # Where the label has a class the prediction calls absent, its IoU is not scored.
         ok = np.isfinite(y_true[:, i]) & np.isfinite(y_pred[:, i])
         t, p = y_true[ok, i], y_pred[ok, i]
@@ -117,6 +123,11 @@ def train_regressor(
     """
     keras.utils.set_random_seed(seed)
     targets = np.asarray(targets, np.float32)
+    if targets.shape[-1] != seg.cfg.classes.nmetrics:
+        raise ClassSetMismatch(
+            f"{targets.shape[-1]} target metrics per tile, but the segmentation model's "
+            f"classes {list(seg.cfg.classes.names)} give {seg.cfg.classes.nmetrics}"
+        )
     train, val, val_scenes = split_by_scene(scene_sets, val_fraction, seed)
     if not train.any() or not val.any():
         raise TrainingDataError("the split by scene left no training or no validation tiles")
@@ -153,7 +164,8 @@ def train_regressor(
         presence = [
             head_of(model, k, presence=True)(f_val, training=False).numpy() for k in range(heads)
         ]
-        pred_val = resolve_classes(pred_val, np.mean(presence, 0), f_val[:, : NMETRICS - 2])
+        nclasses = seg.cfg.nclasses
+        pred_val = resolve_classes(pred_val, np.mean(presence, 0), f_val[:, :nclasses])
     baseline = np.nanmean(targets[train], axis=0)
     report = {
         "train_tiles": int(train.sum()),
@@ -163,7 +175,8 @@ def train_regressor(
         "kind": kind,
         "epochs_run": epochs_run,
         "best_val_loss": val_losses,
-        "scores": evaluation_scores(targets[val], pred_val, baseline),
+        "metrics": list(seg.cfg.classes.metrics),
+        "scores": evaluation_scores(targets[val], pred_val, baseline, seg.cfg.classes.metrics),
         "val_true": targets[val],
         "val_pred": pred_val,
     }
@@ -177,8 +190,12 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8))
-    for ax, (i, name) in zip(axes.ravel(), enumerate(METRICS), strict=True):
+    metrics = report["metrics"]
+    rows = -(-len(metrics) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(12, 4 * rows), squeeze=False)
+    for ax in axes.ravel()[len(metrics) :]:
+        ax.axis("off")
+    for ax, (i, name) in zip(axes.ravel(), enumerate(metrics), strict=False):
         t, p = report["val_true"][:, i], report["val_pred"][:, i]
         ok = np.isfinite(t)
         s = report["scores"][name]

@@ -7,13 +7,14 @@ Segmentation Zoo configs hold, and say which key is wrong (``ConfigError``) othe
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from iou_maps.errors import ConfigError, ModelFilesMissing
-from iou_maps.models.classes import NCLASSES
+from iou_maps.errors import BadClassSet, ConfigError, ModelFilesMissing
+from iou_maps.models.classes import DEMO_CLASSES, ClassSet
+from iou_maps.models.gym_files import class_names_beside, class_set_of
 
 #: Every key that segmentation_gym (train_model.py, make_dataset.py, seg_images_in_folder.py)
 #: and the Segmentation Zoo model configs use.
@@ -125,13 +126,18 @@ class SegmentationConfig:
     rampup_epochs: int
     sustain_epochs: int
     exp_decay: float
+    classes: ClassSet = DEMO_CLASSES
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(
-        cls, d: Mapping[str, Any], *, expected_classes: int | None = NCLASSES
+        cls, d: Mapping[str, Any], *, class_names: Sequence[str] | None = None
     ) -> SegmentationConfig:
-        """The config of a segmentation_gym dict, checked (ConfigError names what is wrong)."""
+        """The config of a segmentation_gym dict, checked (ConfigError names what is wrong).
+
+        Its classes: ``class_names`` (a ``classes.txt``), else the config's ``MY_CLASS_NAMES``,
+        else (``class_set_of``) the demo's four for 4 classes, ``class0…`` otherwise.
+        """
         _check_keys(d)
         model = d["MODEL"]
         if model not in SUPPORTED_MODELS:
@@ -144,10 +150,7 @@ class SegmentationConfig:
         nclasses = _as_int(d, "NCLASSES")
         if nclasses < 2:
             raise ConfigError(f"NCLASSES must be >= 2 (segmentation_gym rule), got {nclasses}")
-        if expected_classes is not None and nclasses != expected_classes:
-            raise ConfigError(
-                f"NCLASSES is {nclasses} but this project expects {expected_classes} classes"
-            )
+        classes = class_set_of(nclasses, d.get("MY_CLASS_NAMES"), class_names)
         # segmentation_gym bumps fewer bands to 3; our imagery is RGB so more cannot be fed.
         bands = max(_as_int(d, "N_DATA_BANDS"), 3)
         if bands != 3:
@@ -191,22 +194,30 @@ class SegmentationConfig:
             rampup_epochs=_as_int(d, "RAMPUP_EPOCHS", 20),
             sustain_epochs=_as_int(d, "SUSTAIN_EPOCHS", 0),
             exp_decay=_as_float(d, "EXP_DECAY", 0.9),
+            classes=classes,
             raw=dict(d),
         )
 
     @classmethod
-    def from_json(
-        cls, path: str | Path, *, expected_classes: int | None = NCLASSES
-    ) -> SegmentationConfig:
-        """The config of a segmentation_gym JSON file (see ``from_dict``)."""
+    def from_json(cls, path: str | Path) -> SegmentationConfig:
+        """The config of a segmentation_gym JSON file (see ``from_dict``), with the class
+        names of a ``classes.txt`` beside it."""
         path = Path(path)
+        names = class_names_beside(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ModelFilesMissing(f"segmentation config not found: {path}") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(d, expected_classes=expected_classes)
+        try:
+            return cls.from_dict(d, class_names=names)
+        except BadClassSet as exc:
+            raise BadClassSet(f"{path}: {exc}") from None
+
+    def with_classes(self, classes: ClassSet) -> SegmentationConfig:
+        """This config with other class names (BadClassSet unless there are NCLASSES)."""
+        return replace(self, classes=ClassSet.of(classes.names, self.nclasses, "--classes"))
 
     def lr_at_epoch(self, epoch: int) -> float:
         """segmentation_gym's lrfn: linear ramp-up to MAX_LR, sustain, exponential decay."""
@@ -223,7 +234,7 @@ def demo_config() -> dict[str, Any]:
     return {
         "TARGET_SIZE": [128, 128],
         "MODEL": "resunet",
-        "NCLASSES": NCLASSES,
+        "NCLASSES": DEMO_CLASSES.nclasses,
         "KERNEL": 3,
         "STRIDE": 2,
         "BATCH_SIZE": 16,

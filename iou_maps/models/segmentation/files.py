@@ -16,12 +16,16 @@ import numpy as np
 
 from iou_maps.errors import ModelFilesMissing, WeightsError
 from iou_maps.models.backend import keras
-from iou_maps.models.classes import NCLASSES
+from iou_maps.models.gym_files import (
+    CONFIG_FILE,
+    class_set_of,
+    find_model_files,
+    write_class_names,
+)
 from iou_maps.models.segmentation.config import SegmentationConfig
 from iou_maps.models.segmentation.model import SegmentationModel
 from iou_maps.models.segmentation.network import build_model
 
-CONFIG_FILE = "config.json"
 #: segmentation_gym/Zoo naming: weights "<stem>_fullmodel.h5" next to config "<stem>.json".
 WEIGHTS_FILE = "config_fullmodel.h5"
 
@@ -114,46 +118,21 @@ def load_weights(model: keras.Model, path: str | Path) -> None:
 
 
 def save_segmentation(seg: SegmentationModel, directory: str | Path) -> None:
-    """Write ``config.json`` and ``config_fullmodel.h5`` (gym/Zoo naming) into ``directory``."""
+    """Write ``config.json`` and ``config_fullmodel.h5`` (gym/Zoo naming) into ``directory``,
+    and the class names in ``classes.txt`` where the config alone does not give them."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = dict(seg.cfg.raw)
     (directory / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    if seg.cfg.classes != class_set_of(seg.cfg.nclasses, cfg.get("MY_CLASS_NAMES")):
+        write_class_names(directory, seg.cfg.classes.names)
     save_weights_h5(seg.model, directory / WEIGHTS_FILE)
 
 
-def _find_files(directory: Path) -> tuple[Path, Path]:
-    """Config and weights of a model directory: ours, or a Zoo download (<stem>.json + .h5)."""
-    if not directory.is_dir():
-        raise ModelFilesMissing(f"segmentation model directory not found: {directory}")
-    config = directory / CONFIG_FILE
-    if not config.is_file():
-        jsons = sorted(directory.glob("*.json"))
-        if len(jsons) != 1:
-            raise ModelFilesMissing(
-                f"{directory} needs {CONFIG_FILE} (or exactly one .json config); "
-                f"found {[p.name for p in jsons]}"
-            )
-        config = jsons[0]
-    stem = config.stem
-    for name in (f"{stem}_fullmodel.h5", f"{stem}.h5", f"{stem}.weights.h5"):
-        if (directory / name).is_file():
-            return config, directory / name
-    h5s = sorted(directory.glob("*.h5"))
-    if len(h5s) == 1:
-        return config, h5s[0]
-    raise ModelFilesMissing(
-        f"{directory} has config {config.name} but no weights {stem}_fullmodel.h5 "
-        f"(.h5 files found: {[p.name for p in h5s]})"
-    )
-
-
-def load_segmentation(
-    directory: str | Path, *, expected_classes: int = NCLASSES
-) -> SegmentationModel:
+def load_segmentation(directory: str | Path) -> SegmentationModel:
     """Build the model from the directory's config and load its weights (by layer order)."""
-    config, weights = _find_files(Path(directory))
-    cfg = SegmentationConfig.from_json(config, expected_classes=expected_classes)
+    config, weights = find_model_files(Path(directory))
+    cfg = SegmentationConfig.from_json(config)
     model = build_model(cfg)
     load_weights(model, weights)
     return SegmentationModel(cfg, model)

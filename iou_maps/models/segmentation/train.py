@@ -13,7 +13,7 @@ import numpy as np
 
 from iou_maps.errors import ConfigError, TrainingDataError
 from iou_maps.models.backend import keras, tf
-from iou_maps.models.classes import NCLASSES, NODATA_LABEL
+from iou_maps.models.classes import NODATA_LABEL
 from iou_maps.models.model_layers import resize_images, standardize_batch
 from iou_maps.models.segmentation.config import SUPPORTED_LOSSES, SegmentationConfig
 from iou_maps.models.segmentation.model import SegmentationModel
@@ -22,7 +22,7 @@ from iou_maps.models.segmentation.network import build_model
 ops = keras.ops
 
 
-def encode_labels(labels: np.ndarray, nclasses: int = NCLASSES) -> np.ndarray:
+def encode_labels(labels: np.ndarray, nclasses: int) -> np.ndarray:
     """One-hot float32 labels; nodata (and any id >= nclasses) becomes an all-zero vector."""
     return tf.one_hot(np.asarray(labels, dtype=np.int32), nclasses).numpy()
 

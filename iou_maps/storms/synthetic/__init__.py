@@ -17,6 +17,10 @@ debris, plus per-flight colour casts. Labels always give the true class:
 
 Everything is vectorised numpy; noise is value noise gathered from small hashed lattice tables.
 
+Labels use a class set of ``classes`` (the demo's four by default; a 2-class water mask or a
+5-class set with buildings apart for other models).
+
 Modules: ``generate`` writes a storm (``generate_storm``), ``flights`` plans and renders its
-frames, ``world`` is the ground (labels and colours), ``noise`` the noise it is made of.
+frames, ``world`` is the ground (covers and colours), ``classes`` the class sets its covers map
+to, ``noise`` the noise it is made of.
 """

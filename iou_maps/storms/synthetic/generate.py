@@ -22,6 +22,7 @@ from rasterio.warp import transform as warp_transform
 from iou_maps.errors import SyntheticStormError
 from iou_maps.models.classes import NODATA_LABEL
 from iou_maps.storms.catalog import validate_storm_name
+from iou_maps.storms.synthetic.classes import synthetic_classes
 from iou_maps.storms.synthetic.flights import (
     frame_corners,
     plan_frames,
@@ -115,15 +116,18 @@ def generate_storm(
     tar: bool = False,
     labels: bool = True,
     progress: Callable[[int], None] | None = None,
+    classes: str = "demo",
 ) -> SyntheticStorm:
     """Write a synthetic storm under ``out_dir`` in one of FORMATS; see the package docstring.
 
     ``size`` is the camera frame's width and height in pixels, ``gsd`` its pixel size in metres.
     With ``tar`` each flight folder becomes ``out_dir/<flight>.tar`` (member names relative to
     ``out_dir``, so a scene's member is ``image_path.relative_to(out_dir)``) and the folder is
-    removed. ``progress(1)`` is called after each scene.
+    removed. ``progress(1)`` is called after each scene. ``classes``: the class set of the
+    labels (``synthetic.classes``: ``demo``, ``water``, ``buildings``).
     """
     _check_args(name, scenes, fmt, size, gsd)
+    relabel = synthetic_classes(classes).relabel
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = plan_frames(seed, scenes, size, gsd)
@@ -144,6 +148,7 @@ def generate_storm(
             scene_id = f"P{frame.pnum:08d}"
             image = jpgs / f"{scene_id}.jpg"
             rgb, lab = render_camera(frame, size, gsd, seed)
+            lab = relabel(lab)
             Image.fromarray(rgb).save(image, quality=JPEG_QUALITY)
             label_path = jpgs / f"{scene_id}_label.png" if labels else None
             if label_path:
@@ -162,6 +167,7 @@ def generate_storm(
             folder.mkdir(parents=True, exist_ok=True)
             scene_id = f"{frame.flight}_{frame.index:03d}"
             rgb, lab, transform = render_northup(frame, size, gsd, seed)
+            lab = relabel(lab)
             if fmt == "geotiff":
                 image = folder / f"{scene_id}.tif"
                 _write_geotiff(image, rgb, transform, 0, tags)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iou_maps.models.classes import DEVELOPMENT, SAND, VEGETATION, WATER
 from iou_maps.storms.synthetic.noise import (
     Array,
     Lattice,
@@ -23,6 +22,10 @@ from iou_maps.storms.synthetic.noise import (
     seed_key,
     u01,
 )
+
+#: The ground's covers, the ids ``render_world`` labels: the demo's four classes, and the
+#: houses of ``DEVELOPMENT`` apart (``BUILDING``); ``classes.py`` maps them to a class set.
+WATER, SAND, VEGETATION, DEVELOPMENT, BUILDING = range(5)
 
 #: Local origin (UTM 18N) near lon -75.47, lat 35.55: world maths runs in float32 metres from
 #: here, which keeps millimetre precision (UTM northings do not fit float32 exactly).
@@ -112,7 +115,8 @@ def render_world(
     """Labels and RGB at local world points (metres from ORIGIN_X/ORIGIN_Y, float32, 1-D).
 
     ``look`` sets the flight's colour cast and glint, ``r2`` the squared normalised distance from
-    the frame centre (vignetting), ``rng`` the sensor noise. Returns (label uint8 [N],
+    the frame centre (vignetting), ``rng`` the sensor noise. Returns (label uint8 [N] of the
+    covers ``WATER`` … ``BUILDING``,
     rgb uint8 [N, 3]); labels depend only on the points and the seed.
     """
     look = look or Look((1.0, 1.0, 1.0), 0.0, 0.5)
@@ -277,6 +281,8 @@ def render_world(
     if rng is not None:
         rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(3.0)
     out = np.clip(rgb, MIN_VALID, 255).astype(np.uint8)
+    # Houses are development in the image above, a cover of their own in the label.
+    label[house & (label == DEVELOPMENT)] = BUILDING
     return label, out
 
 
