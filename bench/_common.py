@@ -234,7 +234,7 @@ def served_predictions(data: Path, model: str, precision: str, chips: object) ->
         return np.load(out)
 
 
-def precision_accuracy(data: Path, precisions: tuple[str, ...], seed_epochs: int = 8) -> dict:
+def precision_accuracy(data: Path, precisions: tuple[str, ...], seg_epochs: int = 8) -> dict:
     """Held-out mIoU MAE of the regressor's heads trained for each of ``precisions`` the
     same way (same tables, split, seed), predicted as served on the same held-out tiles.
     Storms, the segmentation model, the tables and the trained variants are kept in ``data``
@@ -254,7 +254,7 @@ def precision_accuracy(data: Path, precisions: tuple[str, ...], seed_epochs: int
                                progress=pr, log=log)
             for seed, scenes in PRECISION_STORMS.items()
         }  # fmt: skip
-        seg = ensure_segmentation(data, "bench", [storms[1]], 18, epochs=seed_epochs,
+        seg = ensure_segmentation(data, "bench", [storms[1]], 18, epochs=seg_epochs,
                                   progress=pr, log=log)  # fmt: skip
         tables = {s: ensure_evaluation(data, "bench", st, seg, 18, progress=pr, log=log)
                   for s, st in storms.items()}  # fmt: skip

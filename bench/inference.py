@@ -308,7 +308,8 @@ def main() -> None:
                 f"batch {b}: {current[-1]['rates'][b]:.1f}" for b in a.batches
             )
             if current[-1]["bf16"]:
-                line += f"; bfloat16 batch 32: {current[-1]['bf16']:.1f}"
+                ratio = current[-1]["bf16"] / current[-1]["rates"][32]
+                line += f"; bfloat16 batch 32: {current[-1]['bf16']:.1f} ({ratio:.2f}x)"
             if old:
                 line += f" tiles/s; baseline batch 32: {old[-1]['rates'][32]:.1f}"
             print(f"{line}; matmul {matmul[-1]:.0f} GFLOP/s", flush=True)
