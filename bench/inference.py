@@ -101,7 +101,10 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     from _common import save_demo_size_regressor
 
-    from iou_maps.models.regressor.files import load_regressor
+    if args.baseline:  # that commit's layout: one module per concept
+        from iou_maps.regressor import load_regressor
+    else:
+        from iou_maps.models.regressor.files import load_regressor
 
     with tempfile.TemporaryDirectory() as tmp:
         save_demo_size_regressor(Path(tmp))
