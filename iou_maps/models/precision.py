@@ -13,6 +13,7 @@ the prepared variants. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 
 from iou_maps.errors import RegressorError
@@ -26,6 +27,7 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 
 
+@cache  # once a process: every regressor_metadata() asks, and the flags never change
 def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
     """The processor's feature flags (empty where there is no ``/proc/cpuinfo``: not Linux)."""
     try:
