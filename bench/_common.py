@@ -187,3 +187,101 @@ def predict_rate(regressor: Path, chips: object, batch: int = 32, seconds: float
     if proc.returncode != 0:
         raise RuntimeError(f"rate process failed: {proc.stderr[-2000:]}")
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["tiles_s"])
+
+
+#: The held-out accuracy part of bench/inference.py (bench/out/precision): the segmentation
+#: model is trained on storm seed1, the regressor's heads on seed1, seed2 and seed4, both
+#: scored on seed3, which neither has seen. Smaller storms than the pipeline benches': it
+#: compares two precisions of one regressor, not the regressor with the truth.
+PRECISION_STORMS = {1: 10, 2: 8, 4: 8, 3: 8}
+PRECISION_HEAD_STORMS = (1, 2, 4)
+PRECISION_HELD_OUT = 3
+
+PREDICT_SCRIPT = """
+import sys
+from pathlib import Path
+from iou_maps.models import runtime
+runtime.inference_process()
+import numpy as np
+from iou_maps.models.registry import load_regressor_model
+reg = load_regressor_model(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+chips = np.load(sys.argv[4])
+np.save(sys.argv[5], np.concatenate([reg.predict(chips[i : i + 32])
+                                     for i in range(0, len(chips), 32)]))
+print(reg.precision, reg.model_id)
+"""
+
+
+def served_predictions(data: Path, model: str, precision: str, chips: object) -> object:
+    """``Regressor.predict`` of regressor ``model`` in ``precision`` on ``chips``, in a fresh
+    inference process (oneDNN on, as served: see ``predict_rate``)."""
+    import numpy as np
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "IOU_MAPS_TF"))}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "chips.npy", Path(tmp) / "pred.npy"
+        np.save(inp, np.asarray(chips))
+        proc = subprocess.run(
+            [sys.executable, "-c", PREDICT_SCRIPT, str(data), model, precision, str(inp),
+             str(out)],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"prediction process failed: {proc.stderr[-2000:]}")
+        if not proc.stdout.startswith(precision):
+            raise RuntimeError(f"asked for {precision}, the process ran {proc.stdout.strip()}")
+        return np.load(out)
+
+
+def precision_accuracy(data: Path, precisions: tuple[str, ...], seg_epochs: int = 8) -> dict:
+    """Held-out mIoU MAE of the regressor's heads trained for each of ``precisions`` the
+    same way (same tables, split, seed), predicted as served on the same held-out tiles.
+    Storms, the segmentation model, the tables and the trained variants are kept in ``data``
+    and reused."""
+    import numpy as np
+
+    from iou_maps.cli.demo import ensure_evaluation, ensure_segmentation, ensure_storm
+    from iou_maps.errors import ModelNotFound
+    from iou_maps.models.pipeline import regressor_metadata, regressor_training_set
+    from iou_maps.models.registry import prepared_precisions, save_regressors
+    from iou_maps.models.regressor.train import evaluation_scores, train_regressor
+    from iou_maps.storms.catalog import Catalog
+
+    with progress() as pr:
+        storms = {
+            seed: ensure_storm(data, f"seed{seed}", seed=seed, scenes=scenes, size=1024,
+                               progress=pr, log=log)
+            for seed, scenes in PRECISION_STORMS.items()
+        }  # fmt: skip
+        seg = ensure_segmentation(data, "bench", [storms[1]], 18, epochs=seg_epochs,
+                                  progress=pr, log=log)  # fmt: skip
+        tables = {s: ensure_evaluation(data, "bench", st, seg, 18, progress=pr, log=log)
+                  for s, st in storms.items()}  # fmt: skip
+        train = regressor_training_set(
+            Catalog(data), [tables[s] for s in PRECISION_HEAD_STORMS], seg.cfg.classes,
+            progress=pr,
+        )  # fmt: skip
+        test = regressor_training_set(
+            Catalog(data), [tables[PRECISION_HELD_OUT]], seg.cfg.classes, progress=pr
+        )
+    try:
+        ready = set(precisions) <= set(prepared_precisions(data, "bench"))
+    except ModelNotFound:  # no regressor yet
+        ready = False
+    if not ready:
+        trained = []
+        for precision in precisions:
+            log(f"training the {precision} heads on {len(train.images)} tiles")
+            model, report = train_regressor(
+                seg, train.images, train.targets, train.scene_sets, seed=0, precision=precision
+            )
+            trained.append((model, regressor_metadata("bench", seg, 18, train, report)))
+        save_regressors(data, "bench", trained)
+    baseline = np.nanmean(train.targets, axis=0)
+    out = {"tiles": len(test.images)}
+    for precision in precisions:
+        pred = served_predictions(data, "bench", precision, test.images)
+        scores = evaluation_scores(test.targets, pred, baseline, seg.cfg.classes.metrics)
+        out[precision] = scores["miou"]["mae"]
+    return out

@@ -13,7 +13,16 @@ matrix product on every core: the machine's practical limit for this work.
 ``limit_fraction`` = (convolution FLOPs per chip × chips/s at batch 32) ÷ matmul FLOP/s.
 Figures are medians over the rounds; the spread is printed too. Last line
 ``batch1_tiles_s=… batch32_tiles_s=… baseline_batch32_tiles_s=… speedup_batch32=…
-matmul_gflops=… limit_fraction=…``.
+matmul_gflops=… limit_fraction=… bf16_tiles_s=… bf16_speedup=… bf16_mae_delta=…``.
+
+**bfloat16** (``iou_maps.models.precision``), on a processor with bfloat16 units (AMX,
+AVX512-BF16): each current-code process also times the same regressor with its network in
+bfloat16 at batch 32, right after float32's: ``bf16_speedup`` = bf16 ÷ float32 batch-32
+tiles/s of this run. ``bf16_mae_delta`` = held-out mIoU MAE of the heads trained on bfloat16
+features − that of the heads trained on float32 ones (``_common.precision_accuracy``: small
+synthetic storms under bench/out/precision, reused by later runs; ``--no-accuracy`` skips it).
+A processor without bfloat16 units runs float32 only: the bench says so and leaves the bf16
+figures out. (No GPU was lent for this work: bfloat16 on a GPU is not measured.)
 
 ``--keras-model DIR`` times a saved regressor (``model.keras``) on the Keras backend of the
 environment instead (``KERAS_BACKEND=jax``: a GPU machine without TensorFlow's CUDA build),
@@ -92,15 +101,25 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     from _common import save_demo_size_regressor
 
-    from iou_maps.models.regressor.files import load_regressor
+    if args.baseline:  # that commit's layout: one module per concept
+        from iou_maps.regressor import load_regressor
+    else:
+        from iou_maps.models.regressor.files import load_regressor
 
     with tempfile.TemporaryDirectory() as tmp:
         save_demo_size_regressor(Path(tmp))
         reg = load_regressor(Path(tmp))
     chips = np.random.default_rng(0).integers(0, 255, (max(args.batches), 256, 256, 3), np.uint8)
     rates = {b: rate(reg.predict, chips, b, args.seconds) for b in args.batches}
+    bf16 = None
+    if args.bf16:  # the same weights, the network in bfloat16, right after float32's
+        from iou_maps.models.regressor.model import Regressor
+
+        low = Regressor(reg.model, {**reg.metadata, "precision": "bfloat16"})
+        bf16 = rate(low.predict, chips, 32, args.seconds)
     out = {
         "rates": rates,
+        "bf16": bf16,
         "flops_per_chip": conv_flops_per_chip(reg.model),
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "branches": getattr(reg, "branches", 1),
@@ -164,6 +183,7 @@ def keras_backend_rates(model_dir: Path, batches: list[int], seconds: float) -> 
     figures["limit_fraction"] = flops * rates[best] / 1e9 / mm
     print(" ".join(f"{k}={v:.3f}" if "fraction" in k else f"{k}={v:.1f}"
                    for k, v in figures.items()))  # fmt: skip
+    print("bfloat16 on a GPU is not measured by this bench (no GPU was lent for that work)")
 
 
 def save_model(directory: Path) -> None:
@@ -213,6 +233,8 @@ def run_worker(code: Path, baseline: bool, a: argparse.Namespace) -> dict:
     cmd += ["--seconds", str(a.seconds), "--batches", ",".join(map(str, a.batches))]
     if baseline:
         cmd.append("--baseline")
+    elif a.bf16:
+        cmd.append("--bf16")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -220,6 +242,21 @@ def run_worker(code: Path, baseline: bool, a: argparse.Namespace) -> dict:
             result["rates"] = {int(k): v for k, v in result["rates"].items()}
             return result
     raise RuntimeError(f"worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def bf16_figures(a: argparse.Namespace, rates: list[float], r32: float) -> dict[str, float]:
+    """bf16_tiles_s, bf16_speedup (÷ float32 batch 32 of this run), bf16_mae_delta."""
+    bf16 = statistics.median(rates)
+    print(f"bfloat16 batch 32: {spread(rates)} tiles/s: {bf16 / r32:.2f}x float32's")
+    out = {"bf16_tiles_s": bf16, "bf16_speedup": bf16 / r32}
+    if not a.no_accuracy:
+        from _common import OUT, precision_accuracy
+
+        acc = precision_accuracy(OUT / "precision", ("float32", "bfloat16"))
+        print(f"held-out mIoU MAE on {acc['tiles']} tiles: float32 {acc['float32']:.4f}, "
+              f"bfloat16 {acc['bfloat16']:.4f}")  # fmt: skip
+        out["bf16_mae_delta"] = acc["bfloat16"] - acc["float32"]
+    return out
 
 
 def spread(values: list[float]) -> str:
@@ -236,6 +273,9 @@ def main() -> None:
     p.add_argument("--keras-model", type=Path, help="time this saved regressor on the "
                    "environment's Keras backend (e.g. KERAS_BACKEND=jax on a GPU)")  # fmt: skip
     p.add_argument("--save-model", type=Path, help="write the demo-size regressor here")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the held-out accuracy "
+                   "of the bfloat16 heads (bf16_mae_delta)")  # fmt: skip
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--code", default=str(ROOT), help=argparse.SUPPRESS)
@@ -252,6 +292,12 @@ def main() -> None:
     if a.keras_model:
         keras_backend_rates(a.keras_model, a.batches, a.seconds)
         return
+    from iou_maps.models.precision import bf16_units
+
+    units = bf16_units()
+    a.bf16 = units is not None
+    print(f"bfloat16 units: {units}" if units else "this processor has no bfloat16 units "
+          "(amx_bf16, avx512_bf16): float32 only, as the service would run")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         base = None if a.no_baseline else baseline_code(a.baseline_rev, Path(tmp))
@@ -264,6 +310,9 @@ def main() -> None:
             line = f"round {r + 1}: " + ", ".join(
                 f"batch {b}: {current[-1]['rates'][b]:.1f}" for b in a.batches
             )
+            if current[-1]["bf16"]:
+                ratio = current[-1]["bf16"] / current[-1]["rates"][32]
+                line += f"; bfloat16 batch 32: {current[-1]['bf16']:.1f} ({ratio:.2f}x)"
             if old:
                 line += f" tiles/s; baseline batch 32: {old[-1]['rates'][32]:.1f}"
             print(f"{line}; matmul {matmul[-1]:.0f} GFLOP/s", flush=True)
@@ -288,7 +337,10 @@ def main() -> None:
         figures["speedup_batch32"] = r32 / b32
     figures["matmul_gflops"] = mm
     figures["limit_fraction"] = achieved / mm
-    print(" ".join(f"{k}={v:.3f}" if "fraction" in k or "speedup" in k else f"{k}={v:.2f}"
+    if a.bf16:
+        figures.update(bf16_figures(a, [c["bf16"] for c in current], r32))
+    print(" ".join(f"{k}={v:.4f}" if "delta" in k else f"{k}={v:.3f}"
+                   if "fraction" in k or "speedup" in k else f"{k}={v:.2f}"
                    for k, v in figures.items()))  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
         le=24,
         description="Imagery tiles at least this many zooms below the storm's native zoom "
         "(where a tile mosaics many scenes' overviews) are kept in the tile cache.",
+    )
+    precision: Literal["float32", "bfloat16", "auto"] = Field(
+        default="auto",
+        description="Float precision of the regressor's network, among those it was prepared "
+        "in (`train-regressor --precisions`): auto: bfloat16 on a processor with bfloat16 units "
+        "(AMX, AVX512-BF16), else float32.",
     )
     host: str = Field(default="127.0.0.1")
     port: int = Field(default=8000, ge=1, le=65535)

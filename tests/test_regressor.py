@@ -14,6 +14,7 @@ from iou_maps.models.classes import DEMO_CLASSES, NODATA_LABEL, ClassSet
 from iou_maps.models.inference_graph import foldable_batch_norms
 from iou_maps.models.metrics import class_fractions
 from iou_maps.models.model_layers import FlipAugmented
+from iou_maps.models.regressor.features import encode
 from iou_maps.models.regressor.files import load_regressor, save_regressor
 from iou_maps.models.regressor.model import Regressor
 from iou_maps.models.regressor.network import (
@@ -25,7 +26,7 @@ from iou_maps.models.regressor.network import (
     head_of,
     kind_of,
 )
-from iou_maps.models.regressor.train import encode, masked_loss, split_by_scene, train_regressor
+from iou_maps.models.regressor.train import masked_loss, split_by_scene, train_regressor
 from iou_maps.models.segmentation.config import SegmentationConfig, demo_config
 from iou_maps.models.segmentation.model import SegmentationModel
 

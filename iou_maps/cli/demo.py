@@ -114,7 +114,7 @@ def ensure_regressor(
     target = regressor_dir(data_dir, model)
     if (target / "metadata.json").is_file():
         try:
-            reg = load_regressor_model(data_dir, model)
+            reg = load_regressor_model(data_dir, model, "float32")  # the one it saves
         except RegressorError as exc:  # e.g. saved by an older version: the demo retrains
             log(f"metric regressor {model!r}: {exc}; training it again")
         else:

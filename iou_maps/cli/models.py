@@ -169,12 +169,20 @@ def train_regressor_cmd(
         ),
     ] = RegressorKind.softmax,
     classes: ClassNames = None,
+    precisions: Annotated[
+        str | None,
+        typer.Option(
+            help="Precisions to prepare, comma-separated (float32 always): the heads of each are "
+            "trained on its network's features. Default: float32, and bfloat16 where this "
+            "processor has bfloat16 units (AMX, AVX512-BF16)."
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train the metric regressor on `evaluate` tables (validation split by scene)."""
     from iou_maps.models.pipeline import regressor_metadata, regressor_training_set
-    from iou_maps.models.registry import regressor_dir, validate_model_name
-    from iou_maps.models.regressor.files import save_regressor
+    from iou_maps.models.precision import PRECISIONS, check_precision, machine_precisions
+    from iou_maps.models.registry import regressor_dir, save_regressors, validate_model_name
     from iou_maps.models.regressor.train import plot_report, train_regressor
 
     s = settings(data_dir)
@@ -182,6 +190,12 @@ def train_regressor_cmd(
     names = _class_set(classes)
     if names is not None:
         _name_classes(s.data_dir, segmentation, names)
+    wanted = machine_precisions() if precisions is None else precisions.split(",")
+    try:
+        prepare = [p for p in PRECISIONS if p in {check_precision(w.strip()) for w in wanted}]
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    prepare = [PRECISIONS[0], *(p for p in prepare if p != PRECISIONS[0])]
     seg = _load_seg(s.data_dir, segmentation)
     for path in tables:
         if not path.is_file():
@@ -193,22 +207,30 @@ def train_regressor_cmd(
             )
         except (StormNotFound, ValueError) as exc:
             raise fail(str(exc)) from None
-    with console.status(f"training the regressor head on {len(data.images)} tiles"):
-        model, report = train_regressor(
-            seg, data.images, data.targets, data.scene_sets, epochs=epochs, seed=seed,
-            kind=kind.value,
-        )  # fmt: skip
-    metadata = regressor_metadata(segmentation, seg, s.analysis_zoom, data, report)
-    target = regressor_dir(s.data_dir, out_name)
-    reg = save_regressor(model, metadata, target)
-    plot_report(report, target / "validation.png")
-    m = report["scores"]["miou"]
-    out.print(
-        f"{reg.kind} regressor {out_name!r} (model id {reg.model_id}): "
-        f"validation mIoU MAE {m['mae']:.3f}, "
-        f"r {m['pearson_r']:.2f}, constant-mean MAE {m['baseline_mae']:.3f}; "
-        f"report {target / 'validation.png'}"
-    )
+    trained, reports = [], []
+    for precision in prepare:
+        with console.status(
+            f"training the {precision} regressor heads on {len(data.images)} tiles"
+        ):
+            model, report = train_regressor(
+                seg, data.images, data.targets, data.scene_sets, epochs=epochs, seed=seed,
+                kind=kind.value, precision=precision,
+            )  # fmt: skip
+        trained.append(
+            (model, regressor_metadata(segmentation, seg, s.analysis_zoom, data, report))
+        )
+        reports.append(report)
+    for reg, report in zip(save_regressors(s.data_dir, out_name, trained), reports, strict=True):
+        target = regressor_dir(s.data_dir, out_name, reg.precision)
+        plot_report(report, target / "validation.png")
+        m = report["scores"]["miou"]
+        out.print(
+            f"{reg.kind} regressor {out_name!r}, {reg.precision} (model id {reg.model_id}): "
+            f"validation mIoU MAE {m['mae']:.3f}, "
+            f"r {m['pearson_r']:.2f}, constant-mean MAE {m['baseline_mae']:.3f}; "
+            f"report {target / 'validation.png'}"
+        )
+    out.print(f"prepared precisions: {', '.join(prepare)}")
 
 
 def predict(

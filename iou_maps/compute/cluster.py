@@ -185,7 +185,8 @@ def precompute_on_cluster(
 def model_ids(settings: Settings) -> dict[str, str]:
     """The ids of the models of ``settings`` by role, read from their files (this process
     never loads a model): the regressor's, and the segmentation model's where it is there."""
-    ids = {REGRESSOR: str(regressor_metadata(settings.data_dir, settings.model)["model_id"])}
+    meta = regressor_metadata(settings.data_dir, settings.model, settings.precision)
+    ids = {REGRESSOR: str(meta["model_id"])}
     try:
         ids[SEGMENTATION] = segmentation_id(
             truth_segmentation_dir(settings.data_dir, settings.model)

@@ -100,10 +100,12 @@ class LocalComputer:
 _worker: LocalComputer | None = None
 _worker_truth: Any = None  # iou_maps.compute.truth.TruthComputer
 _worker_storms: OpenStorms | None = None
-_worker_args: tuple[str, str, int, int] | None = None
+_worker_args: tuple[str, str, int, int, str | None] | None = None
 
 
-def _start_worker(data_dir: str, model: str, threads: int, niceness: int) -> None:
+def _start_worker(
+    data_dir: str, model: str, threads: int, niceness: int, precision: str | None = None
+) -> None:
     """Pool initializer: the process's settings (the model loads with the first task, whose
     error then reaches the caller with its message)."""
     global _worker_args
@@ -115,7 +117,7 @@ def _start_worker(data_dir: str, model: str, threads: int, niceness: int) -> Non
         except OSError:
             pass
     runtime.inference_process(threads)
-    _worker_args = (data_dir, model, threads, niceness)
+    _worker_args = (data_dir, model, threads, niceness, precision)
 
 
 def _storms() -> OpenStorms:
@@ -133,8 +135,8 @@ def _computer() -> LocalComputer:
     global _worker
     if _worker is None:
         assert _worker_args is not None, "not a ProcessComputer worker"
-        data_dir, model, _threads, _ = _worker_args
-        regressor = load_regressor_model(Path(data_dir), model)
+        data_dir, model, _threads, _, precision = _worker_args
+        regressor = load_regressor_model(Path(data_dir), model, precision)
         _worker = LocalComputer(regressor, _storms(), ChipReader())
     return _worker
 
@@ -146,7 +148,7 @@ def _truth_computer() -> Any:
         from iou_maps.compute.truth import SegmentationSource, TruthComputer
 
         assert _worker_args is not None, "not a ProcessComputer worker"
-        data_dir, model, _threads, _ = _worker_args
+        data_dir, model, *_ = _worker_args
         source = SegmentationSource(truth_segmentation_dir(Path(data_dir), model))
         _worker_truth = TruthComputer(source, _storms())
     return _worker_truth
@@ -187,10 +189,13 @@ class ProcessComputer:
         processes: int = 1,
         threads: int | None = None,
         niceness: int = INFERENCE_NICENESS,
+        precision: str | None = None,
     ) -> None:
         from iou_maps.models import runtime
 
-        self.args = (str(data_dir), model, threads or runtime.cores(), niceness)
+        # precision: the setting the workers choose the regressor's precision by (None: the
+        # environment's, which they inherit).
+        self.args = (str(data_dir), model, threads or runtime.cores(), niceness, precision)
         self.processes = processes
         self.model_id = ""
         #: The regressor's classes, from its metadata (this process loads no model).

@@ -365,13 +365,16 @@ def open_engine(
     except ModelNotFound as exc:
         segmentation, truth_missing = None, str(exc)
     if processes > 0:
-        computer = ProcessComputer(settings.data_dir, settings.model, processes)
+        computer = ProcessComputer(
+            settings.data_dir, settings.model, processes, precision=settings.precision
+        )
         computer.start()
-        zoom = int(regressor_metadata(settings.data_dir, settings.model)["analysis_zoom"])
+        meta = regressor_metadata(settings.data_dir, settings.model, settings.precision)
+        zoom = int(meta["analysis_zoom"])
         if segmentation is not None:
             truth = computer.truth(segmentation.model_id)
     else:
-        regressor = load_regressor_model(settings.data_dir, settings.model)
+        regressor = load_regressor_model(settings.data_dir, settings.model, settings.precision)
         computer, zoom = regressor, regressor.analysis_zoom
         truth = segmentation
     client = connect(settings.redis_url, settings.data_dir)

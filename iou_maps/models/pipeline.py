@@ -207,6 +207,7 @@ def regressor_metadata(
         "classes": list(seg.cfg.classes.names),
         "input_size": list(seg.cfg.target_size),
         "analysis_zoom": zoom,
+        "precision": report.get("precision", "float32"),
         "preprocessing": "antialiased bilinear resize of the 256x256 RGB chip to input_size "
         "(through uint8), then segmentation_gym's per-image standardisation "
         "(x - mean) / max(std, 1/sqrt(H*W)), as the segmentation model's own prediction",

@@ -4,6 +4,7 @@
   kinds (``build_regressor``, ``KINDS``);
 - ``model``: a loaded regressor and its predictions (``Regressor``);
 - ``files``: a regressor on disk and its model id (``load_regressor``, ``save_regressor``);
+- ``features``: the features its heads read, computed for training as served (``encode``);
 - ``train``: fitting the heads, and the validation report (``train_regressor``).
 
 The names below are the package's public API; the library imports them from their modules.

@@ -5,10 +5,16 @@ On disk::
     models/<name>/regressor/model.keras      frozen segmentation model + heads (Keras)
     models/<name>/regressor/metadata.json    classes, metrics, input size, analysis zoom,
                                               preprocessing, training data, validation scores,
-                                              model id
+                                              precision, model id
+    models/<name>/regressor-bfloat16/…       the same for heads trained on the network's
+                                              bfloat16 features (``variant_of``: the float32
+                                              regressor's id; see ``iou_maps.models.registry``)
 
 The model id is a short hash of the weights and the metadata, so the same files always give
-the same id and any changed weight gives a new one; the cache keys contain it.
+the same id and any changed weight gives a new one; the cache keys contain it. The precision
+is in the metadata, so variants of the same weights in different precisions have different ids
+(their values never mix in the cache); a regressor saved before precisions has none: float32,
+and its id is unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 from iou_maps.errors import ClassSetMismatch, RegressorError
 from iou_maps.models.backend import keras
 from iou_maps.models.classes import ClassSet, class_set_of_metadata
+from iou_maps.models.precision import PRECISIONS, check_precision
 from iou_maps.models.regressor.model import Regressor
 from iou_maps.models.regressor.network import CHIP_SIZE, KINDS, kind_of
 
@@ -63,6 +70,7 @@ def save_regressor(model: keras.Model, metadata: dict[str, Any], directory: Path
         "classes": list(classes.names),
         "metrics": list(classes.metrics),
         "chip_size": CHIP_SIZE,
+        "precision": check_precision(str(metadata.get("precision", PRECISIONS[0]))),
     }
     metadata["model_id"] = model_id_of(model, metadata)
     for name, write in (
@@ -105,6 +113,11 @@ def load_regressor(directory: Path, *, classes: ClassSet | None = None) -> Regre
         raise RegressorError(
             f"regressor {directory}: metrics {metadata.get('metrics')} are not those of its "
             f"classes {list(own.names)}"
+        )
+    if metadata.get("precision", PRECISIONS[0]) not in PRECISIONS:
+        raise RegressorError(
+            f"regressor {directory} has precision {metadata.get('precision')!r}; this build "
+            f"runs {', '.join(PRECISIONS)}"
         )
     model = keras.models.load_model(model_path, compile=False)
     if tuple(model.input.shape[1:]) != (CHIP_SIZE, CHIP_SIZE, 3):

@@ -15,6 +15,7 @@ from iou_maps.models import runtime
 from iou_maps.models.backend import keras, tf
 from iou_maps.models.classes import ClassSet, class_set_of_metadata
 from iou_maps.models.inference_graph import InferenceModel
+from iou_maps.models.precision import PRECISIONS
 from iou_maps.models.regressor.network import (
     CHIP_SIZE,
     KINDS,
@@ -88,7 +89,8 @@ class Regressor:
     Predictions run an inference copy of the model (``iou_maps.models.inference_graph``): batch
     norms
     folded into their convolutions, the frozen network on ``branches`` parallel branches
-    (default: what ``iou_maps.models.runtime`` chose for this process).
+    (default: what ``iou_maps.models.runtime`` chose for this process), in the precision its
+    heads were trained for (``precision``).
     """
 
     model: keras.Model
@@ -99,7 +101,9 @@ class Regressor:
         if self.branches is None:
             self.branches = runtime.inference_branches()
         network = NETWORK[kind_of(self.model)]
-        self.inference = InferenceModel(with_class_outputs(self.model), network, self.branches)
+        self.inference = InferenceModel(
+            with_class_outputs(self.model), network, self.branches, self.precision
+        )
         model = self.inference
 
         # One trace for every batch size: the batch dimension is None in the signature.
@@ -121,6 +125,12 @@ class Regressor:
     def classes(self) -> ClassSet:
         """The classes of its segmentation model, which its metric vectors are about."""
         return class_set_of_metadata(self.metadata)
+
+    @property
+    def precision(self) -> str:
+        """The float precision of its network (``iou_maps.models.precision``): its heads were
+        trained on that network's features. A regressor saved before precisions is float32."""
+        return str(self.metadata.get("precision", PRECISIONS[0]))
 
     @property
     def model_id(self) -> str:

@@ -15,13 +15,13 @@ import numpy as np
 from iou_maps.errors import ClassSetMismatch, TrainingDataError
 from iou_maps.models.backend import keras, tf
 from iou_maps.models.model_layers import FlipAugmented
-from iou_maps.models.regressor.model import PREDICT_CHUNK, resolve_classes
+from iou_maps.models.precision import PRECISIONS, check_precision
+from iou_maps.models.regressor.features import encode_as_served
+from iou_maps.models.regressor.model import resolve_classes
 from iou_maps.models.regressor.network import (
-    CHIP_SIZE,
     HEADS,
     KINDS,
     build_regressor,
-    features_model,
     head_of,
 )
 from iou_maps.models.segmentation.model import SegmentationModel
@@ -62,24 +62,6 @@ def split_by_scene(
     return ~val, val, sorted(val_scenes)
 
 
-def encode(model: keras.Model, chips: np.ndarray, batch_size: int = PREDICT_CHUNK) -> np.ndarray:
-    """Features (softmax statistics or pooled encoder maps) of uint8 chips (frozen: computed
-    once for head training), in the small batches that keep the UNet's activations in cache
-    (see ``Regressor.predict``)."""
-    features = features_model(model)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)])
-    def run(x: tf.Tensor) -> tf.Tensor:
-        return features(tf.cast(x, tf.float32), training=False)
-
-    parts = [
-        run(tf.constant(chips[i : i + batch_size])).numpy()
-        for i in range(0, len(chips), batch_size)
-    ]
-    width = int(features.output.shape[-1])
-    return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
-
-
 def evaluation_scores(
     y_true: np.ndarray, y_pred: np.ndarray, baseline: np.ndarray, metrics: Sequence[str]
 ) -> dict:
@@ -113,14 +95,17 @@ def train_regressor(
     augment: bool = True,
     heads: int = HEADS,
     kind: str = KINDS[0],
+    precision: str = PRECISIONS[0],
 ) -> tuple[keras.Model, dict[str, Any]]:
-    """Fit the heads of a ``kind`` regressor; returns the full model and a report dict.
+    """Fit the heads of a ``kind`` regressor for its network in ``precision``
+    (``iou_maps.models.precision``); returns the full model and a report dict.
 
     The segmentation model is frozen, so the features are computed once and only the heads
     are trained — seconds instead of minutes on two CPU cores. Flips augment the training
     tiles only for a model without test-time flips (the ``encoder`` kind): with them, a
     flipped chip has the same statistics.
     """
+    check_precision(precision)
     keras.utils.set_random_seed(seed)
     targets = np.asarray(targets, np.float32)
     if targets.shape[-1] != seg.cfg.classes.nmetrics:
@@ -138,8 +123,8 @@ def train_regressor(
             [x_train, x_train[:, :, ::-1], x_train[:, ::-1], x_train[:, ::-1, ::-1]]
         )
         y_train = np.concatenate([y_train] * 4)
-    f_train = encode(model, np.ascontiguousarray(x_train))
-    f_val = encode(model, chips[val])
+    f_train = encode_as_served(model, np.ascontiguousarray(x_train), precision)
+    f_val = encode_as_served(model, chips[val], precision)
     model.get_layer("feature_norm").adapt(f_train)
     epochs_run, val_losses = [], []
     for k in range(heads):
@@ -173,6 +158,7 @@ def train_regressor(
         "val_scenes": val_scenes,
         "heads": heads,
         "kind": kind,
+        "precision": precision,
         "epochs_run": epochs_run,
         "best_val_loss": val_losses,
         "metrics": list(seg.cfg.classes.metrics),
