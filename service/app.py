@@ -78,10 +78,12 @@ def create_app(
             settings.model_copy(update={"data_dir": engine.catalog.data_dir})
         )
     data_dir = engine.catalog.data_dir.resolve()
+    epoch = Epoch(engine.client)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        epoch.close()  # its connections first, or an embedded Redis outlives the service
         engine.close()
         if tile_cache is not None:
             release(tile_cache.client)
@@ -175,7 +177,7 @@ def create_app(
     openapi.install(app)
     # Kept complete metric tiles answered before routing (inside CORS: same CORS headers).
     app.add_middleware(
-        FastTiles, caching=caching, cache=TileByteCache(tile_cache), epoch=Epoch(engine.client)
+        FastTiles, caching=caching, cache=TileByteCache(tile_cache), epoch=epoch
     )
     app.add_middleware(
         CORSMiddleware,

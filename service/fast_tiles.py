@@ -166,6 +166,12 @@ class Epoch:
             conn.disconnect()
         self._watch = []
 
+    def close(self) -> None:
+        """Drop the two watching connections: an embedded Redis stops only when no client of
+        this process is left connected (``metric_store.release``)."""
+        self._unwatch()
+        self._token = None
+
     def _changed(self) -> bool:
         """Whether Redis pushed something (or closed a connection) since the last read."""
         try:
