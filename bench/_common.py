@@ -239,10 +239,10 @@ def precision_accuracy(data: Path, precisions: tuple[str, ...], seg_epochs: int 
     same way (same tables, split, seed), predicted as served on the same held-out tiles.
     Storms, the segmentation model, the tables and the trained variants are kept in ``data``
     and reused."""
-    import numpy as np
 
     from iou_maps.cli.demo import ensure_evaluation, ensure_segmentation, ensure_storm
     from iou_maps.errors import ModelNotFound
+    from iou_maps.models.metrics import column_means
     from iou_maps.models.pipeline import regressor_metadata, regressor_training_set
     from iou_maps.models.registry import prepared_precisions, save_regressors
     from iou_maps.models.regressor.train import evaluation_scores, train_regressor
@@ -278,7 +278,7 @@ def precision_accuracy(data: Path, precisions: tuple[str, ...], seg_epochs: int 
             )
             trained.append((model, regressor_metadata("bench", seg, 18, train, report)))
         save_regressors(data, "bench", trained)
-    baseline = np.nanmean(train.targets, axis=0)
+    baseline = column_means(train.targets)
     out = {"tiles": len(test.images)}
     for precision in precisions:
         pred = served_predictions(data, "bench", precision, test.images)

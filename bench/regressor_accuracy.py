@@ -30,6 +30,7 @@ from _common import (
 
 from iou_maps.cli.demo import ensure_evaluation, ensure_regressor
 from iou_maps.models.classes import DEMO_CLASSES
+from iou_maps.models.metrics import column_means
 from iou_maps.models.pipeline import regressor_training_set
 from iou_maps.models.registry import regressor_dir
 from iou_maps.models.regressor.train import evaluation_scores
@@ -72,7 +73,7 @@ def main() -> None:
     train_targets = np.concatenate(
         [gpd.read_parquet(t)[list(DEMO_CLASSES.metrics)].to_numpy(np.float32) for t in head_tables]
     )
-    baseline = np.nanmean(train_targets, axis=0)
+    baseline = column_means(train_targets)
     print(f"held-out storm seed3: {len(test.images)} tiles")
     figures: dict[str, float] = {}
     for kind, reg in regs.items():

@@ -176,9 +176,7 @@ def create_app(
     add_exception_handlers(app, data_dir)
     openapi.install(app)
     # Kept complete metric tiles answered before routing (inside CORS: same CORS headers).
-    app.add_middleware(
-        FastTiles, caching=caching, cache=TileByteCache(tile_cache), epoch=epoch
-    )
+    app.add_middleware(FastTiles, caching=caching, cache=TileByteCache(tile_cache), epoch=epoch)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -93,3 +93,11 @@ def class_fractions(classes: np.ndarray, nclasses: int, nodata: int = NODATA_LAB
     total = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, counts / total, np.nan).astype(np.float32)
+
+
+def column_means(values: np.ndarray) -> np.ndarray:
+    """The mean of each column over its defined (non-NaN) rows, NaN for a column with none (a
+    class absent from every tile of a set): np.nanmean's sum / count, without its warning."""
+    known = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(known, values, 0).sum(axis=0) / known.sum(axis=0)

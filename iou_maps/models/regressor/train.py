@@ -14,6 +14,7 @@ import numpy as np
 
 from iou_maps.errors import ClassSetMismatch, TrainingDataError
 from iou_maps.models.backend import keras, tf
+from iou_maps.models.metrics import column_means
 from iou_maps.models.model_layers import FlipAugmented
 from iou_maps.models.precision import PRECISIONS, check_precision
 from iou_maps.models.regressor.features import encode_as_served
@@ -151,7 +152,7 @@ def train_regressor(
         ]
         nclasses = seg.cfg.nclasses
         pred_val = resolve_classes(pred_val, np.mean(presence, 0), f_val[:, :nclasses])
-    baseline = np.nanmean(targets[train], axis=0)
+    baseline = column_means(targets[train])
     report = {
         "train_tiles": int(train.sum()),
         "val_tiles": int(val.sum()),
