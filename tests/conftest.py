@@ -171,7 +171,8 @@ BARE = "bare"
 def with_bare(served_data: ServedData, tmp_path_factory: pytest.TempPathFactory) -> ServedData:
     """A copy of the test data with a second storm, ``BARE``, whose scenes have no labels.
     Read-only: a test that adds to it works on its own copy."""
-    from iou_maps.storms.catalog import Catalog, ingest
+    from iou_maps.storms.catalog import Catalog
+    from iou_maps.storms.ingest import ingest
 
     root = tmp_path_factory.mktemp("bare")
     data = ServedData(root / "data", root / "source")
