@@ -4,6 +4,7 @@ storms ingested with a tiny real model, and the evaluation table of the test sto
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import time
@@ -17,6 +18,11 @@ import redis
 
 import iou_maps  # noqa: F401  (sets TensorFlow's environment before any test imports it)
 from service.testing import free_port
+
+# The CLI's messages go through Rich, which wraps at the terminal's width (80 without one): a
+# long temporary path (longer still under pytest-xdist) would be cut inside a file name the
+# tests look for. Every CLI process the tests start inherits a wide terminal.
+os.environ["COLUMNS"] = "400"
 
 
 def redis_server_binary() -> str:
