@@ -78,8 +78,15 @@ class Client:
         return status, body
 
     def get_with_headers(self, path: str) -> tuple[int, bytes, dict[str, str]]:
-        self.conn.request("GET", path)
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("GET", path)
+            r = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            # The server closes a keep-alive connection idle past its timeout (uvicorn: 5 s),
+            # e.g. while this process loads the model for the raw rounds: open a new one.
+            self.conn.close()
+            self.conn.request("GET", path)
+            r = self.conn.getresponse()
         return r.status, r.read(), {k.lower(): v for k, v in r.getheaders()}
 
     def close(self) -> None:
