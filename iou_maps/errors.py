@@ -55,6 +55,11 @@ class RegressorError(IoUMapsError, ValueError):
     """A regressor that cannot be used (missing files, mismatched classes, tampered files)."""
 
 
+class CalibrationError(IoUMapsError, ValueError):
+    """Intervals that cannot be calibrated (too few labelled tiles, a level outside (0, 1))
+    or a malformed calibration record."""
+
+
 class ExportError(IoUMapsError, ValueError):
     """Export options that cannot be honoured, or nothing to export; the message says which."""
 

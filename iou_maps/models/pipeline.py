@@ -224,4 +224,6 @@ def regressor_metadata(
             )
         },
         "validation_scores": report["scores"],
+        # The calibration of its intervals (iou_maps.models.intervals): part of the model id.
+        "intervals": report["calibration"],
     }

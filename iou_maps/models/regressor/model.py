@@ -15,6 +15,7 @@ from iou_maps.models import runtime
 from iou_maps.models.backend import keras, tf
 from iou_maps.models.classes import ClassSet, class_set_of_metadata
 from iou_maps.models.inference_graph import InferenceModel
+from iou_maps.models.intervals import Calibration, IntervalInputs
 from iou_maps.models.precision import PRECISIONS
 from iou_maps.models.regressor.network import (
     CHIP_SIZE,
@@ -26,6 +27,10 @@ from iou_maps.models.regressor.network import (
 
 #: Chips per call of the compiled model inside ``Regressor.predict`` (see there).
 PREDICT_CHUNK = 2
+
+#: A tile whose segmentation leaves out a class with at least this presence is in the
+#: "a class may have been missed" group of the intervals (``RegressorOutputs.interval_inputs``).
+MISS_GROUP_PRESENCE = 0.1
 
 #: A class the segmentation does not predict on a tile counts as in its label (missed: IoU 0)
 #: from this presence on, else as absent (no IoU); see ``resolve_classes``.
@@ -80,6 +85,18 @@ class RegressorOutputs:
         if self.presence is None or self.predicted_share is None:
             return self.metrics
         return resolve_classes(self.metrics, self.presence, self.predicted_share)
+
+    def interval_inputs(self) -> IntervalInputs:
+        """Each tile's interval inputs (``iou_maps.models.intervals``): group 1 where the
+        segmentation leaves out a class the heads think may be in the label, else 0; one
+        scale for every tile (plain split conformal within each group)."""
+        n, nmetrics = self.metrics.shape
+        scale = np.ones((n, nmetrics), np.float32)
+        if self.presence is None or self.predicted_share is None:
+            return IntervalInputs(scale, np.zeros(n, np.uint8))
+        absent = np.asarray(self.predicted_share) <= 0
+        maybe_missed = (absent & (np.asarray(self.presence) >= MISS_GROUP_PRESENCE)).any(axis=1)
+        return IntervalInputs(scale, np.asarray(maybe_missed, np.uint8))
 
 
 @dataclass
@@ -172,6 +189,19 @@ class Regressor:
         """(N, 256, 256, 3) uint8 → (N, C + 2) float32 metric vectors (``resolve_classes``: NaN
         for the IoU of a class predicted absent, as the metrics define it)."""
         return self.outputs(chips).resolved()
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The calibration of its intervals (held-out tiles at training); None for a regressor
+        saved before intervals."""
+        record = self.metadata.get("intervals")
+        return Calibration.from_dict(record) if record else None
+
+    def predict_with_intervals(self, chips: np.ndarray) -> tuple[np.ndarray, IntervalInputs]:
+        """``predict``'s metric vectors and the tiles' interval inputs (bounds:
+        ``self.calibration.bounds(values, inputs)``)."""
+        out = self.outputs(chips)
+        return out.resolved(), out.interval_inputs()
 
     def trace_count(self) -> int:
         """How many graphs the compiled path holds (1 after any number of batch sizes)."""

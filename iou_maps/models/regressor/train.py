@@ -14,11 +14,12 @@ import numpy as np
 
 from iou_maps.errors import ClassSetMismatch, TrainingDataError
 from iou_maps.models.backend import keras, tf
+from iou_maps.models.intervals import fit_calibration
 from iou_maps.models.metrics import column_means
 from iou_maps.models.model_layers import FlipAugmented
 from iou_maps.models.precision import PRECISIONS, check_precision
 from iou_maps.models.regressor.features import encode_as_served
-from iou_maps.models.regressor.model import resolve_classes
+from iou_maps.models.regressor.model import RegressorOutputs, resolve_classes
 from iou_maps.models.regressor.network import (
     HEADS,
     KINDS,
@@ -146,12 +147,18 @@ def train_regressor(
         val_losses.append(float(np.min(history.history["val_loss"])))
     # Called, not .predict(): predict traces a new tf.function per head model (TF warns).
     pred_val = np.mean([head_of(model, k)(f_val, training=False).numpy() for k in range(heads)], 0)
+    outputs = RegressorOutputs(pred_val)
     if kind == "softmax":  # scored as served (Regressor.predict)
         presence = [
             head_of(model, k, presence=True)(f_val, training=False).numpy() for k in range(heads)
         ]
         nclasses = seg.cfg.nclasses
+        outputs = RegressorOutputs(pred_val, np.mean(presence, 0), f_val[:, :nclasses])
         pred_val = resolve_classes(pred_val, np.mean(presence, 0), f_val[:, :nclasses])
+    # Interim: calibrated on the validation tiles (they chose the heads' epochs, not weights).
+    calibration = fit_calibration(
+        targets[val], pred_val, outputs.interval_inputs(), scope="regressor validation scenes"
+    )
     baseline = column_means(targets[train])
     report = {
         "train_tiles": int(train.sum()),
@@ -166,6 +173,7 @@ def train_regressor(
         "scores": evaluation_scores(targets[val], pred_val, baseline, seg.cfg.classes.metrics),
         "val_true": targets[val],
         "val_pred": pred_val,
+        "calibration": calibration.to_dict(),
     }
     return model, report
 
