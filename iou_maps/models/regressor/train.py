@@ -156,9 +156,12 @@ def train_regressor(
         outputs = RegressorOutputs(pred_val, np.mean(presence, 0), f_val[:, :nclasses])
         pred_val = resolve_classes(pred_val, np.mean(presence, 0), f_val[:, :nclasses])
     # Interim: calibrated on the validation tiles (they chose the heads' epochs, not weights).
+    # Any number of tiles: too few for the level gives whole-range [0, 1] intervals, honest
+    # for a regressor trained on a tiny storm (a storm's own labels can calibrate it later).
     calibration = fit_calibration(
-        targets[val], pred_val, outputs.interval_inputs(), scope="regressor validation scenes"
-    )
+        targets[val], pred_val, outputs.interval_inputs(),
+        scope="regressor validation scenes", min_tiles=1,
+    )  # fmt: skip
     baseline = column_means(targets[train])
     report = {
         "train_tiles": int(train.sum()),
